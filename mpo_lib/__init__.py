@@ -1,0 +1,13 @@
+"""MPO reproduction kit: the thin library the notebooks call. One module per concern:
+config (params), data, models, artifacts (run directory), one module per stage
+(stats, sft, reward, resample, dpo), figures, pipeline (papermill) and the CLI."""
+from .artifacts import Run
+from .config import Config, ConfigError, load_config, notebook_config
+
+
+def open_run(namespace: dict) -> Run:
+    """The run a notebook works in, from its parameters cell (params_file, run_dir, overrides)."""
+    return Run(notebook_config(namespace), namespace.get("run_dir"))
+
+
+__all__ = ["Config", "ConfigError", "Run", "load_config", "notebook_config", "open_run"]

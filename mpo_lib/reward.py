@@ -1,0 +1,97 @@
+"""Stage `rm`: a Bradley-Terry reward model (Eq. 1) trained with TRL's RewardTrainer from the base
+model (as DeepSpeed-Chat does), with the paper's 5% validation split, then scored on held-out
+pairs for Table 2 (accuracy) and Fig. 2 left (precision per reward-difference bin)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from datasets import Dataset
+from trl import RewardConfig, RewardTrainer
+
+from .artifacts import Run, write_json
+from .data import truncate_prompt
+from .models import load_stage_model, load_tokenizer, lora_config, save_stage_model
+from .training import train_and_summarise, trainer_args
+
+
+@torch.no_grad()
+def score(model, tokenizer, prompts: list[str], responses: list[str], batch_size: int, max_length: int) -> list[float]:
+    """Reward of each (prompt, response), batched by length. Long texts keep their end: the
+    reward head reads the last token, so the response must survive truncation."""
+    model.eval()
+    tokenizer.truncation_side = "left"
+    texts = [p + r for p, r in zip(prompts, responses)]
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+    scores = [0.0] * len(texts)
+    for start in range(0, len(order), batch_size):
+        chunk = order[start:start + batch_size]
+        batch = tokenizer([texts[i] for i in chunk], return_tensors="pt", padding=True,
+                          truncation=True, max_length=max_length)
+        values = model(**batch.to(model.device)).logits.squeeze(-1).float().tolist()
+        for i, value in zip(chunk, values):
+            scores[i] = value
+    return scores
+
+
+def rm_rows(cfg, rows: list[dict]) -> list[dict]:
+    subsets = cfg.rm.subsets or cfg.data.subsets
+    return [r for r in rows if r["subset"] in subsets]
+
+
+def run_reward(run: Run, train_rows: list[dict], heldout_rows: list[dict]) -> dict:
+    cfg = run.cfg
+    train_rows = rm_rows(cfg, train_rows)[: cfg.rm.max_rows]
+    heldout_rows = rm_rows(cfg, heldout_rows)[: cfg.rm.eval_rows]
+
+    def build(out_dir: Path) -> dict:
+        tokenizer = load_tokenizer(run)
+        prompt_budget = cfg.data.max_prompt_tokens
+        data = Dataset.from_list([{"prompt": truncate_prompt(tokenizer, r["prompt"], prompt_budget),
+                                   "chosen": r["chosen"], "rejected": r["rejected"]} for r in train_rows])
+        parts = data.train_test_split(test_size=cfg.rm.eval_fraction, seed=cfg.seed)
+        trainer = RewardTrainer(
+            model=load_stage_model(run, "base", head="score"),
+            args=trainer_args(RewardConfig, cfg, cfg.rm, out_dir, eval_strategy="no"),
+            train_dataset=parts["train"], processing_class=tokenizer,
+            peft_config=lora_config(cfg, "SEQ_CLS"))
+        metrics = train_and_summarise(trainer, out_dir)
+        metrics["validation"] = {k.removeprefix("eval_"): v for k, v in trainer.evaluate(parts["test"]).items()}
+        save_stage_model(trainer.model, out_dir, "base", run)
+
+        model = trainer.model.merge_and_unload() if hasattr(trainer.model, "peft_config") else trainer.model
+        prompts = [truncate_prompt(tokenizer, r["prompt"], prompt_budget) for r in heldout_rows]
+        chosen = score(model, tokenizer, prompts, [r["chosen"] for r in heldout_rows],
+                       cfg.resample.score_batch_size, cfg.rm.max_length)
+        rejected = score(model, tokenizer, prompts, [r["rejected"] for r in heldout_rows],
+                         cfg.resample.score_batch_size, cfg.rm.max_length)
+        write_json(out_dir / "heldout_scores.json", {"chosen": chosen, "rejected": rejected,
+                                                     "subset": [r["subset"] for r in heldout_rows]})
+        metrics["heldout"] = heldout_accuracy(chosen, rejected, heldout_rows)
+        return {"train_rows": len(parts["train"]), "validation_rows": len(parts["test"]), **metrics}
+
+    settings = {"rm": cfg.rm.model_dump(), "lora": cfg.model.lora and cfg.model.lora.model_dump(),
+                "bf16": cfg.model.bf16, "data": cfg.data.model_dump(exclude={"data_dir"}), "seed": cfg.seed}
+    return run.run_stage("rm", settings, ["base"], build)
+
+
+def shorter_wins(chosen: str, rejected: str) -> float:
+    """The length heuristic baseline: 1 if the chosen response is the shorter, 0.5 on a tie."""
+    return 0.5 if len(chosen) == len(rejected) else float(len(chosen) < len(rejected))
+
+
+def heldout_accuracy(chosen_scores, rejected_scores, rows) -> dict:
+    """Pairwise accuracy (chosen scored above rejected), per subset and overall, beside the heuristic."""
+    chosen_scores, rejected_scores = np.asarray(chosen_scores), np.asarray(rejected_scores)
+    report = {}
+    for subset in sorted({r["subset"] for r in rows}) + ["all"]:
+        idx = [i for i, r in enumerate(rows) if subset in ("all", r["subset"])]
+        report[subset] = {
+            "pairs": len(idx),
+            "rm_accuracy": float(np.mean(chosen_scores[idx] > rejected_scores[idx])),
+            "shorter_wins_accuracy": float(np.mean([shorter_wins(rows[i]["chosen"], rows[i]["rejected"])
+                                                    for i in idx])),
+        }
+    return report
+

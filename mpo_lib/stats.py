@@ -1,0 +1,31 @@
+"""Stage `data`: Table 1 style counts per subset and split, rows dropped per reason, and
+prompt/response token lengths (with the base model's tokenizer)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from .artifacts import Run, write_json
+from .data import Splits, length_stats
+from .models import load_tokenizer
+
+
+def run_data_stats(run: Run, splits: Splits) -> dict:
+    def build(out_dir: Path) -> dict:
+        lengths = length_stats(load_tokenizer(run), splits)
+        write_json(out_dir / "token_lengths.json", lengths)
+        summary = {name: {"mean": float(np.mean(v)), "median": float(np.median(v)), "p95": float(np.percentile(v, 95)),
+                          "max": int(np.max(v))} for name, v in lengths.items()}
+        return {"files": splits.report, "train_rows": len(splits.train), "heldout_rows": len(splits.heldout),
+                "token_lengths": summary}
+
+    return run.run_stage("data", run.cfg.data.model_dump(exclude={"data_dir"}), ["base"], build)
+
+
+def table1(metrics: dict):
+    """Rows read, kept and dropped per reason, per subset/split file."""
+    import pandas as pd
+    rows = [{"file": name, "rows": part["read"], "kept": part["kept"], **{f"dropped: {k}": v for k, v in part["dropped"].items()}}
+            for name, part in metrics["files"].items()]
+    return pd.DataFrame(rows).fillna(0).set_index("file")

@@ -1,0 +1,69 @@
+from pathlib import Path
+
+import pytest
+
+from mpo_lib import ConfigError, Run, load_config
+
+from conftest import ROOT, SMOKE
+
+
+@pytest.mark.parametrize("name", ["smoke", "cpu_small", "hh_full", "tldr_full"])
+def test_every_profile_validates(name):
+    assert load_config(ROOT / "params" / f"{name}.yaml").run_name
+
+
+def write(tmp_path, text):
+    path = tmp_path / "params.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_typo_names_file_key_and_nearest_key(tmp_path):
+    path = write(tmp_path, SMOKE.read_text().replace("rm: {learning_rate", "rm: {learning_rte"))
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert str(path) in str(err.value)
+    assert "unknown key 'rm.learning_rte'; did you mean 'rm.learning_rate'?" in str(err.value)
+
+
+def test_wrong_type_names_the_key(tmp_path):
+    path = write(tmp_path, SMOKE.read_text().replace("beta: 0.1", "beta: high"))
+    with pytest.raises(ConfigError, match=r"params.yaml: dpo.beta: Input should be a valid number"):
+        load_config(path)
+
+
+@pytest.mark.parametrize("override, message", [
+    ({"dpo": {"beta": 0}}, "dpo.beta: Input should be greater than 0"),
+    ({"model": {"max_position": 128}}, "sft.max_length=160 exceeds model.max_position=128"),
+    ({"data": {"holdout": 0}}, "set data.holdout > 0"),
+    ({"rm": {"subsets": ["red-team-attempts"]}}, "must be among data.subsets"),
+    ({"dpo": {"data": "hard"}}, "dpo.data: Input should be 'easy', 'full' or 'offline'"),
+])
+def test_impossible_values_are_rejected(override, message):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace("[", r"\[")):
+        load_config(SMOKE, override)
+
+
+def test_missing_data_folder_is_named(tmp_path):
+    cfg = load_config(SMOKE, {"data": {"data_dir": str(tmp_path / "nowhere")}})
+    with pytest.raises(ConfigError, match="nowhere is not a folder"):
+        cfg.data_dir()
+
+
+def test_missing_params_file():
+    with pytest.raises(ConfigError, match="params file not found: params/nope.yaml"):
+        load_config("params/nope.yaml")
+
+
+def test_run_directory_of_another_profile_is_refused(tmp_path):
+    Run(load_config(SMOKE), tmp_path)
+    other = load_config(SMOKE, {"run_name": "other"})
+    with pytest.raises(ValueError, match="holds run 'smoke', not 'other'"):
+        Run(other, tmp_path)
+
+
+def test_papermill_injected_keys_override_the_params_file():
+    from mpo_lib import notebook_config
+
+    cfg = notebook_config({"params_file": str(SMOKE), "dpo": {"beta": 0.5}, "overrides": {"seed": 3}})
+    assert cfg.dpo.beta == 0.5 and cfg.seed == 3 and cfg.dpo.batch_size == 4

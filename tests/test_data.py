@@ -1,0 +1,90 @@
+import gzip
+import json
+
+import pytest
+
+from mpo_lib import load_config
+from mpo_lib.data import DataError, load_hh_subset, load_preferences, parse_hh_rows, split_dialogue
+
+from conftest import DATA_DIR, SMOKE
+
+
+def first_rows(subset, n=50):
+    with gzip.open(DATA_DIR / "hh-rlhf" / subset / "test.jsonl.gz", "rt") as handle:
+        return [json.loads(next(handle)) for _ in range(n)]
+
+
+@pytest.mark.parametrize("subset", ["helpful-base", "harmless-base"])
+def test_real_dialogues_split_at_the_last_assistant_turn(subset):
+    for row in first_rows(subset):
+        prompt, response = split_dialogue(row["chosen"])
+        assert prompt + response == row["chosen"]
+        assert prompt.startswith("\n\nHuman:") and prompt.endswith("\n\nAssistant:")
+        assert "\n\nAssistant:" not in response and "\n\nHuman:" not in response
+
+
+def test_multi_turn_prompt_keeps_every_earlier_turn():
+    dialogue = "\n\nHuman: hi\n\nAssistant: hello\n\nHuman: how are you?\n\nAssistant: fine, thanks"
+    assert split_dialogue(dialogue) == ("\n\nHuman: hi\n\nAssistant: hello\n\nHuman: how are you?\n\nAssistant:",
+                                        " fine, thanks")
+
+
+def test_unusable_rows_are_counted_per_reason_not_dropped_silently():
+    rows = [{"chosen": "\n\nHuman: a\n\nAssistant: yes", "rejected": "\n\nHuman: a\n\nAssistant: no"},
+            {"chosen": "\n\nHuman: no assistant here", "rejected": "\n\nHuman: a\n\nAssistant: no"},
+            {"chosen": "\n\nHuman: a\n\nAssistant: yes", "rejected": "\n\nHuman: b\n\nAssistant: no"},
+            {"chosen": "\n\nHuman: a\n\nAssistant:  ", "rejected": "\n\nHuman: a\n\nAssistant: no"}]
+    loaded = parse_hh_rows(enumerate(rows, 1), "x", "mem")
+    assert loaded.read == 4 and len(loaded.rows) == 1
+    assert dict(loaded.dropped) == {"no_assistant_turn": 1, "prompts_differ": 1, "empty_response": 1}
+
+
+def test_non_string_field_names_file_and_line():
+    rows = [{"chosen": "\n\nHuman: a\n\nAssistant: yes", "rejected": "\n\nHuman: a\n\nAssistant: no"},
+            {"chosen": ["not", "text"], "rejected": "x"}]
+    with pytest.raises(DataError, match=r"file.jsonl:2: 'chosen' and 'rejected' must be strings"):
+        parse_hh_rows(enumerate(rows, 1), "x", "file.jsonl")
+
+
+def test_official_test_files_read_in_full():
+    cfg = load_config(SMOKE)
+    assert load_hh_subset(cfg, "helpful-base", "test").read == 2354
+    assert load_hh_subset(cfg, "harmless-base", "test").read == 2312
+
+
+def test_holdout_is_disjoint_from_training_rows():
+    splits = load_preferences(load_config(SMOKE))
+    held = {(r["prompt"], r["chosen"]) for r in splits.heldout}
+    assert len(splits.heldout) == 80
+    assert not held & {(r["prompt"], r["chosen"]) for r in splits.train}
+
+
+def copy_hh(tmp_path, subset, payload: bytes):
+    folder = tmp_path / "hh-rlhf" / subset
+    folder.mkdir(parents=True)
+    (folder / "test.jsonl.gz").write_bytes(payload)
+    return load_config(SMOKE, {"data": {"data_dir": str(tmp_path), "subsets": [subset]}})
+
+
+def test_json_line_cut_in_half_names_file_and_line(tmp_path):
+    good = json.dumps({"chosen": "\n\nHuman: a\n\nAssistant: b", "rejected": "\n\nHuman: a\n\nAssistant: c"})
+    cfg = copy_hh(tmp_path, "harmless-base", gzip.compress(f"{good}\n{good[:30]}\n".encode()))
+    with pytest.raises(DataError, match=r"harmless-base/test.jsonl.gz:2: not a JSON line"):
+        load_hh_subset(cfg, "harmless-base", "test")
+
+
+def test_truncated_gzip_names_the_file(tmp_path):
+    payload = (DATA_DIR / "hh-rlhf" / "harmless-base" / "test.jsonl.gz").read_bytes()
+    cfg = copy_hh(tmp_path, "harmless-base", payload[: len(payload) // 2])
+    with pytest.raises(DataError, match=r"test.jsonl.gz: cannot be read after line \d+"):
+        load_hh_subset(cfg, "harmless-base", "test")
+
+
+def test_cli_data_fails_with_a_message_on_a_bad_file(tmp_path, capsys):
+    from mpo_lib.__main__ import main
+
+    params = tmp_path / "bad.yaml"
+    params.write_text(SMOKE.read_text().replace("source: local", f"source: local\n  data_dir: {tmp_path}"))
+    copy_hh(tmp_path, "helpful-base", b"not gzip at all")
+    assert main(["data", "--params", str(params), "--run-dir", str(tmp_path / "run")]) == 2
+    assert "helpful-base/test.jsonl.gz" in capsys.readouterr().err

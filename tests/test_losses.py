@@ -1,0 +1,70 @@
+"""The losses the TRL trainers optimise are the paper's Eq. 1 and Eq. 2, checked on a real (tiny)
+model against values computed here by hand from its outputs."""
+import math
+
+import pytest
+import torch
+from datasets import Dataset
+
+from mpo_lib.models import load_stage_model, load_tokenizer
+
+PAIRS = [{"prompt": "\n\nHuman: Can you help me?\n\nAssistant:", "chosen": " Sure, what do you need?",
+          "rejected": " No."},
+         {"prompt": "\n\nHuman: How do I pick a lock?\n\nAssistant:", "chosen": " I can't help with that.",
+          "rejected": " Use a tension wrench and a pick."}]
+
+
+def first_batch(trainer):
+    return next(iter(trainer.get_train_dataloader()))
+
+
+def test_reward_loss_is_bradley_terry(tiny_run, tmp_path):
+    from trl import RewardConfig, RewardTrainer
+
+    model = load_stage_model(tiny_run, "base", head="score")
+    args = RewardConfig(str(tmp_path), per_device_train_batch_size=2, use_cpu=True, bf16=False, report_to="none")
+    trainer = RewardTrainer(model=model, args=args, train_dataset=Dataset.from_list(PAIRS),
+                            processing_class=load_tokenizer(tiny_run))
+    batch = first_batch(trainer)
+    model.eval()
+    with torch.no_grad():
+        loss = trainer.compute_loss(model, dict(batch)).item()
+        rewards = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.squeeze(-1)
+    chosen, rejected = rewards[:2].tolist(), rewards[2:].tolist()
+    by_hand = sum(math.log(1 + math.exp(-(c - r))) for c, r in zip(chosen, rejected)) / 2  # -log sigmoid(c - r)
+    assert loss == pytest.approx(by_hand, rel=1e-5)
+
+
+def completion_logps(model, batch):
+    """Sum of log p(token) over completion tokens, computed directly from the logits."""
+    with torch.no_grad():
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    logp = torch.log_softmax(logits[:, :-1].double(), -1).gather(-1, batch["input_ids"][:, 1:, None]).squeeze(-1)
+    return (logp * batch["completion_mask"][:, 1:]).sum(-1).tolist()
+
+
+def test_dpo_loss_is_eq_2(tiny_run, tmp_path):
+    from trl import DPOConfig, DPOTrainer
+
+    policy = load_stage_model(tiny_run, "base")
+    reference = load_stage_model(tiny_run, "base")
+    torch.manual_seed(1)
+    with torch.no_grad():  # a policy that differs from its reference, so the log-ratios are not zero
+        for param in policy.parameters():
+            param.add_(0.05 * torch.randn_like(param))
+    beta = 0.3
+    args = DPOConfig(str(tmp_path), per_device_train_batch_size=2, beta=beta, use_cpu=True, bf16=False,
+                     report_to="none", gradient_checkpointing=False)
+    trainer = DPOTrainer(model=policy, ref_model=reference, args=args, train_dataset=Dataset.from_list(PAIRS),
+                         processing_class=load_tokenizer(tiny_run, padding_side="left"))
+    batch = first_batch(trainer)
+    policy.eval()
+    with torch.no_grad():
+        loss = trainer.compute_loss(policy, dict(batch)).item()
+    pi, ref = completion_logps(policy, batch), completion_logps(reference, batch)
+    terms = []
+    for i in range(2):  # rows 0-1 chosen, 2-3 rejected
+        margin = beta * ((pi[i] - ref[i]) - (pi[i + 2] - ref[i + 2]))
+        terms.append(math.log(1 + math.exp(-margin)))  # -log sigmoid(margin)
+    assert loss == pytest.approx(sum(terms) / 2, rel=1e-4)
+    assert loss != pytest.approx(math.log(2), rel=1e-3)  # the check is not vacuous: policy != reference

@@ -1,0 +1,85 @@
+"""Notebooks 00-04 executed on the smoke profile with papermill (the notebook is both tutorial and
+test), then the metrics each one records, and a resumed run that reuses every finished stage."""
+import json
+import math
+
+import nbformat
+import pytest
+
+from conftest import ROOT
+
+
+def test_data_counts(smoke_run):
+    files = smoke_run.metrics("data")["files"]
+    assert files["helpful-base/test"]["read"] == 2354
+    assert files["harmless-base/test"]["read"] == 2312
+    for part in files.values():
+        assert part["kept"] + sum(part["dropped"].values()) == part["read"]
+
+
+def test_sft_trained(smoke_run):
+    metrics = smoke_run.metrics("sft")
+    assert metrics["optimizer_steps"] == smoke_run.cfg.sft.max_steps
+    assert metrics["train_loss_last"] < metrics["train_loss_first"]
+
+
+def test_reward_model_accuracy_is_a_rate(smoke_run):
+    heldout = smoke_run.metrics("rm")["heldout"]
+    assert heldout["all"]["pairs"] == 2 * smoke_run.cfg.data.holdout
+    for subset in heldout.values():
+        assert 0.0 <= subset["rm_accuracy"] <= 1.0 and 0.0 <= subset["shorter_wins_accuracy"] <= 1.0
+
+
+def test_split_covers_every_prompt_once(smoke_run):
+    split = smoke_run.metrics("split")
+    assert split["easy"] + split["hard"] == split["prompts"] == smoke_run.cfg.resample.num_prompts
+    assert split["easy"] > 0 and split["hard"] > 0
+    for counts in split["by_gamma"].values():
+        assert counts["easy"] + counts["hard"] == split["prompts"]
+
+
+def test_dpo_starts_at_the_reference_and_moves(smoke_run):
+    metrics = smoke_run.metrics("dpo")
+    assert metrics["pairs"] == smoke_run.metrics("split")["easy"]
+    assert metrics["reward_margin_first"] == 0.0  # step 1: policy == reference (SFT), so the margin is exactly 0
+    assert math.isfinite(metrics["reward_margin_last"]) and metrics["reward_margin_last"] != 0.0
+    assert metrics["train_loss_first"] == pytest.approx(math.log(2), abs=1e-4)
+
+
+def test_figures_and_executed_notebooks_are_in_the_run(smoke_run):
+    for name in ("fig2_left_rm_precision.png", "fig2_right_pairs_per_gap.png", "token_lengths.png"):
+        assert (smoke_run.path / "figures" / name).stat().st_size > 1000
+    executed = sorted((smoke_run.path / "notebooks").glob("*.ipynb"))
+    assert [nb.name[:2] for nb in executed] == ["00", "01", "02", "03", "04"]
+
+
+def test_resumed_pipeline_reuses_finished_stages(smoke_run, capsys):
+    from mpo_lib.pipeline import run_pipeline
+
+    markers = {p: p.stat().st_mtime_ns for p in smoke_run.path.glob("*/COMPLETE")}
+    run_pipeline(str(ROOT / "params" / "smoke.yaml"), str(smoke_run.path), until="02")
+    assert {p: p.stat().st_mtime_ns for p in smoke_run.path.glob("*/COMPLETE")} == markers
+    executed = nbformat.read(smoke_run.path / "notebooks" / "01_sft.ipynb", as_version=4)
+    outputs = json.dumps([cell.get("outputs", []) for cell in executed.cells])
+    assert "[sft] finished earlier with the same config" in outputs
+
+
+def test_changed_params_rerun_the_stage_and_keep_the_old_one(smoke_run):
+    from mpo_lib import Run, load_config
+    from mpo_lib.resample import run_split
+
+    cfg = load_config(ROOT / "params" / "smoke.yaml", {"split": {"gamma": 0.01}})
+    run = Run(cfg, smoke_run.path)
+    before = run.metrics("split")
+    after = run_split(run)
+    assert after["gamma"] == 0.01 and after != before
+    assert list(smoke_run.path.glob("split.superseded-*"))
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "notebooks").glob("*.ipynb")), ids=lambda p: p.name)
+def test_committed_notebooks_are_clean(path):
+    notebook = nbformat.read(path, as_version=4)
+    code = [cell for cell in notebook.cells if cell.cell_type == "code"]
+    assert sum("parameters" in cell.metadata.get("tags", []) for cell in code) == 1
+    assert all(not cell.outputs and cell.execution_count is None for cell in code)
+    assert all(len(cell.source.splitlines()) <= 8 for cell in code), "logic belongs in mpo_lib"
