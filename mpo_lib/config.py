@@ -112,6 +112,52 @@ class SplitConfig(_Section):
     gap_bins: list[float] = [0, 1, 2, 3, 4, 5]  # Fig. 2 bin edges; the last bin is open-ended
 
 
+class PPOVariant(_Section):
+    """One PPO run: where the policy starts, which model the KL term keeps it near, which prompts."""
+    init: str = "dpo"        # a finished stage: dpo (MPO), sft (vanilla PPO), ...
+    reference: str = "dpo"   # the KL reference: dpo (MPO), sft (vanilla PPO, MPO-sft-kl), any finished stage
+    prompts: Literal["hard", "all", "easy"] = "hard"  # D^h (MPO), every resampled prompt (PPO), D^e
+
+
+class PPOConfig(_Section):
+    """The kit's PPO (DeepSpeed-Chat semantics; mpo_lib/ppo.py documents every choice)."""
+    variants: dict[str, PPOVariant] = {"mpo": PPOVariant(),
+                                       "ppo_full": PPOVariant(init="sft", reference="sft", prompts="all")}
+    max_steps: int = Field(gt=0, description="PPO steps (one rollout batch each)")
+    rollout_batch_size: int = Field(8, gt=0, description="prompts per step")
+    mini_batch_size: int = Field(8, gt=0)
+    ppo_epochs: int = Field(1, gt=0)
+    max_new_tokens: int = Field(gt=0)
+    temperature: float = Field(1.0, gt=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    actor_lr: float = Field(gt=0)
+    critic_lr: float = Field(gt=0)
+    actor_weight_decay: float = Field(0.0, ge=0)
+    critic_weight_decay: float = Field(0.0, ge=0)
+    warmup_steps: int = Field(0, ge=0)
+    init_kl_coef: float = Field(0.4, ge=0)  # Table 8: 0.4 HH, 0.1 TL;DR
+    clip_reward_value: float = Field(5.0, gt=0)
+    cliprange: float = Field(0.2, gt=0)
+    cliprange_value: float = Field(0.2, gt=0)
+    gamma: float = Field(1.0, ge=0, le=1)
+    lam: float = Field(0.95, ge=0, le=1)
+    normalize_reward: bool = False
+    kl_estimator: Literal["k1", "k3"] = "k1"
+    adaptive_kl: bool = False
+    kl_target: float = Field(6.0, gt=0)
+    kl_horizon: int = Field(10000, gt=0)
+    max_ratio: float = Field(10.0, gt=1, description="stop when a probability ratio exceeds this")
+    sample_every: int = Field(4, gt=0, description="log a few generations every N steps")
+    checkpoint_every: int = Field(4, gt=0)
+
+    @model_validator(mode="after")
+    def _batches(self):
+        if self.rollout_batch_size % self.mini_batch_size:
+            raise ValueError(f"ppo.rollout_batch_size={self.rollout_batch_size} is not a multiple of "
+                             f"ppo.mini_batch_size={self.mini_batch_size}")
+        return self
+
+
 class LaunchConfig(_Section):
     num_processes: int = Field(1, gt=0)
     deepspeed_config: str | None = None
@@ -128,6 +174,7 @@ class Config(_Section):
     resample: ResampleConfig
     split: SplitConfig = SplitConfig()
     dpo: DPOConfig
+    ppo: PPOConfig | None = None
     launch: LaunchConfig = LaunchConfig()
 
     @model_validator(mode="after")

@@ -101,3 +101,21 @@ def plot_training_curves(run: Run, stage: str, keys: list[str]):
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def plot_ppo_curves(run: Run, stages: list[str], keys=("reward_mean", "kl_to_reference")):
+    """Reward and KL-to-reference per PPO step, one line per PPO stage (notebook 05)."""
+    fig, axes = plt.subplots(1, len(keys), figsize=(4.8 * len(keys), 3.3), squeeze=False)
+    for stage in stages:
+        steps = read_json(run.require(stage) / "steps.json")
+        for ax, key in zip(axes[0], keys):
+            ax.plot([s["step"] for s in steps], [s[key] for s in steps], marker=".", label=stage)
+    for ax, key in zip(axes[0], keys):
+        ax.set_xlabel("PPO step")
+        ax.set_ylabel(key)
+        ax.legend()
+    fig.tight_layout()
+    path = run.figure_path("ppo_reward_kl.png")
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

@@ -122,15 +122,28 @@ def load_stage_model(run: Run, stage: str, head: str = "lm", dtype: torch.dtype 
     return PeftModel.from_pretrained(base, stage_dir / "adapter").merge_and_unload()
 
 
+def is_adapter(model) -> bool:
+    return hasattr(model, "peft_config")
+
+
+def save_weights(model, folder: Path) -> None:
+    """A LoRA adapter (never the embeddings: the kit does not resize them, and PEFT would otherwise
+    guess and store both embedding matrices, 235 MB for SmolLM2) or the full weights."""
+    if is_adapter(model):
+        model.save_pretrained(folder, save_embedding_layers=False)
+    else:
+        model.save_pretrained(folder)
+
+
 def save_stage_model(trainer_model, out_dir: Path, base_stage: str, run: Run) -> None:
     """Save what a trainer trained: the adapter with its base stage recorded, or full weights."""
-    if hasattr(trainer_model, "peft_config"):
+    if is_adapter(trainer_model):
         for config in trainer_model.peft_config.values():
             config.base_model_name_or_path = str(run.stage_dir(base_stage))
-        trainer_model.save_pretrained(out_dir / "adapter")
+        save_weights(trainer_model, out_dir / "adapter")
         write_json(out_dir / "model.json", {"kind": "lora", "base_stage": base_stage})
     else:
-        trainer_model.save_pretrained(out_dir / "model")
+        save_weights(trainer_model, out_dir / "model")
         load_tokenizer(run).save_pretrained(out_dir / "model")
         write_json(out_dir / "model.json", {"kind": "full", "path": "model"})
 

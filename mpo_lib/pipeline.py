@@ -8,6 +8,7 @@ from pathlib import Path
 
 from .artifacts import Run
 from .config import PROJECT_ROOT, load_config
+from .figures import copy_to_repository
 
 NOTEBOOKS = PROJECT_ROOT / "notebooks"
 
@@ -39,5 +40,7 @@ def run_pipeline(params_file: str, run_dir: str | None = None, until: str | None
             str(notebook), str(out_dir / notebook.name), cwd=str(PROJECT_ROOT), progress_bar=False,
             parameters={"params_file": str(Path(params_file).resolve()), "run_dir": str(run.path)})
         print(f"[{index}/{len(selected)}] {notebook.name} done in {time.time() - started:.0f}s", flush=True)
+    for path in copy_to_repository(run):
+        print(f"figure published: {path}")
     print(f"run directory: {run.path}")
     return run.path

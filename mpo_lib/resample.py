@@ -23,26 +23,40 @@ from .reward import score
 
 
 @torch.no_grad()
+def sample_batch(model, tokenizer, prompts: list[str], num_samples: int, max_new_tokens: int,
+                 temperature: float = 1.0, top_p: float = 1.0, stop: str | None = None):
+    """One generate() call with the KV cache: left-padded prompts, each sampled num_samples times.
+    Returns (token ids of prompt + response, prompt attention mask, padded prompt length)."""
+    model.eval()
+    tokenizer.padding_side = "left"
+    batch = tokenizer(prompts, return_tensors="pt", padding=True).to(model.device)
+    output = model.generate(**batch, do_sample=True, temperature=temperature, top_p=top_p, top_k=0,
+                            max_new_tokens=max_new_tokens, num_return_sequences=num_samples,
+                            stop_strings=[stop] if stop else None, tokenizer=tokenizer,
+                            pad_token_id=tokenizer.pad_token_id)
+    prompt_mask = batch["attention_mask"].repeat_interleave(num_samples, dim=0)
+    return output, prompt_mask, batch["input_ids"].shape[1]
+
+
+def decode_responses(tokenizer, output, prompt_length: int, stop: str | None) -> list[str]:
+    texts = tokenizer.batch_decode(output[:, prompt_length:], skip_special_tokens=True)
+    return [text.split(stop)[0] if stop else text for text in texts]
+
+
 def generate(model, tokenizer, prompts: list[str], num_samples: int, max_new_tokens: int,
              batch_size: int, temperature: float = 1.0, top_p: float = 1.0, stop: str | None = None,
              seed: int = 0) -> list[list[str]]:
     """num_samples sampled completions per prompt. Prompts are sorted by length so that a batch
     pads little; generation stops at EOS or at `stop`, and the text is cut there."""
-    model.eval()
-    tokenizer.padding_side = "left"
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     results: list[list[str]] = [[] for _ in prompts]
     torch.manual_seed(seed)
     for start in range(0, len(order), batch_size):
         chunk = order[start:start + batch_size]
-        batch = tokenizer([prompts[i] for i in chunk], return_tensors="pt", padding=True).to(model.device)
-        output = model.generate(**batch, do_sample=True, temperature=temperature, top_p=top_p, top_k=0,
-                                max_new_tokens=max_new_tokens, num_return_sequences=num_samples,
-                                stop_strings=[stop] if stop else None, tokenizer=tokenizer,
-                                pad_token_id=tokenizer.pad_token_id)
-        texts = tokenizer.batch_decode(output[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
-        for k, text in enumerate(texts):
-            results[chunk[k // num_samples]].append(text.split(stop)[0] if stop else text)
+        output, _, prompt_length = sample_batch(model, tokenizer, [prompts[i] for i in chunk], num_samples,
+                                                max_new_tokens, temperature, top_p, stop)
+        for k, text in enumerate(decode_responses(tokenizer, output, prompt_length, stop)):
+            results[chunk[k // num_samples]].append(text)
     return results
 
 
@@ -67,8 +81,8 @@ def run_resample(run: Run, train_rows: list[dict]) -> dict:
         new_tokens = sum(len(tokenizer(s, add_special_tokens=False)["input_ids"]) for pair in samples for s in pair)
         del policy
         reward_model = load_stage_model(run, "rm", head="score")
-        first = score(reward_model, tokenizer, prompts, [s[0] for s in samples], spec.score_batch_size, cfg.rm.max_length)
-        second = score(reward_model, tokenizer, prompts, [s[1] for s in samples], spec.score_batch_size, cfg.rm.max_length)
+        first, second = (score(reward_model, tokenizer, prompts, [pair[k] for pair in samples], spec.score_batch_size,
+                               cfg.rm.max_length, cfg.model.bf16) for k in (0, 1))
         Dataset.from_dict({"prompt": prompts, "response_1": [s[0] for s in samples],
                            "response_2": [s[1] for s in samples], "reward_1": first, "reward_2": second}
                           ).save_to_disk(out_dir / "pairs")

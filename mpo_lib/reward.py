@@ -12,24 +12,26 @@ from trl import RewardConfig, RewardTrainer
 
 from .artifacts import Run, write_json
 from .data import truncate_prompt
-from .models import load_stage_model, load_tokenizer, lora_config, save_stage_model
+from .models import is_adapter, load_stage_model, load_tokenizer, lora_config, save_stage_model
 from .training import train_and_summarise, trainer_args
 
 
 @torch.no_grad()
-def score(model, tokenizer, prompts: list[str], responses: list[str], batch_size: int, max_length: int) -> list[float]:
-    """Reward of each (prompt, response), batched by length. Long texts keep their end: the
-    reward head reads the last token, so the response must survive truncation."""
+def score(model, tokenizer, prompts: list[str], responses: list[str], batch_size: int, max_length: int,
+          bf16: bool = False) -> list[float]:
+    """Reward of each (prompt, response), batched by length, in the format RewardTrainer trained on
+    (text + EOS, right padding). Long texts keep their end: the head reads the last token."""
     model.eval()
-    tokenizer.truncation_side = "left"
-    texts = [p + r for p, r in zip(prompts, responses)]
+    tokenizer.padding_side, tokenizer.truncation_side = "right", "left"
+    texts = [p + r + tokenizer.eos_token for p, r in zip(prompts, responses)]
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
     scores = [0.0] * len(texts)
     for start in range(0, len(order), batch_size):
         chunk = order[start:start + batch_size]
         batch = tokenizer([texts[i] for i in chunk], return_tensors="pt", padding=True,
                           truncation=True, max_length=max_length)
-        values = model(**batch.to(model.device)).logits.squeeze(-1).float().tolist()
+        with torch.autocast(model.device.type, dtype=torch.bfloat16, enabled=bf16):
+            values = model(**batch.to(model.device)).logits.squeeze(-1).float().tolist()
         for i, value in zip(chunk, values):
             scores[i] = value
     return scores
@@ -60,12 +62,12 @@ def run_reward(run: Run, train_rows: list[dict], heldout_rows: list[dict]) -> di
         metrics["validation"] = {k.removeprefix("eval_"): v for k, v in trainer.evaluate(parts["test"]).items()}
         save_stage_model(trainer.model, out_dir, "base", run)
 
-        model = trainer.model.merge_and_unload() if hasattr(trainer.model, "peft_config") else trainer.model
+        model = trainer.model.merge_and_unload() if is_adapter(trainer.model) else trainer.model
         prompts = [truncate_prompt(tokenizer, r["prompt"], prompt_budget) for r in heldout_rows]
         chosen = score(model, tokenizer, prompts, [r["chosen"] for r in heldout_rows],
-                       cfg.resample.score_batch_size, cfg.rm.max_length)
+                       cfg.resample.score_batch_size, cfg.rm.max_length, cfg.model.bf16)
         rejected = score(model, tokenizer, prompts, [r["rejected"] for r in heldout_rows],
-                         cfg.resample.score_batch_size, cfg.rm.max_length)
+                         cfg.resample.score_batch_size, cfg.rm.max_length, cfg.model.bf16)
         write_json(out_dir / "heldout_scores.json", {"chosen": chosen, "rejected": rejected,
                                                      "subset": [r["subset"] for r in heldout_rows]})
         metrics["heldout"] = heldout_accuracy(chosen, rejected, heldout_rows)

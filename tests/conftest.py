@@ -35,3 +35,27 @@ def tiny_run(tmp_path_factory):
     run = Run(cfg, tmp_path_factory.mktemp("runs") / "tiny")
     prepare_base(run, corpus(cfg, load_preferences(cfg)))
     return run
+
+
+@pytest.fixture(scope="session")
+def lora_run(tmp_path_factory):
+    """The smoke stages up to DPO, in-process, with LoRA adapters (the cpu_small layout)."""
+    from mpo_lib import Run, load_config
+    from mpo_lib.data import corpus, load_preferences, sft_rows
+    from mpo_lib.dpo import run_dpo
+    from mpo_lib.models import prepare_base
+    from mpo_lib.resample import run_resample, run_split
+    from mpo_lib.reward import run_reward
+    from mpo_lib.sft import run_sft
+
+    cfg = load_config(SMOKE, {"model": {"lora": {"r": 8, "alpha": 16}}, "sft": {"max_steps": 4},
+                              "rm": {"max_steps": 4}, "resample": {"num_prompts": 16}})
+    run = Run(cfg, tmp_path_factory.mktemp("runs") / "lora")
+    splits = load_preferences(cfg)
+    prepare_base(run, corpus(cfg, splits))
+    run_sft(run, sft_rows(cfg, splits))
+    run_reward(run, splits.train, splits.heldout)
+    run_resample(run, splits.train)
+    run_split(run)
+    run_dpo(run, splits.train)
+    return run

@@ -1,0 +1,365 @@
+"""PPO stages (MPO's second stage, vanilla PPO and the ablations): the kit's own PPO, because TRL
+removed PPOTrainer in 1.13. Semantics follow DeepSpeed-Chat step 3, which the paper used, so
+results are comparable:
+
+- Reward (Eq. 3): every response token gets -beta * (log pi - log pi_ref) (k1 estimator; k3,
+  (r - 1) - log r with r = pi_ref / pi, is an option); the RM score of the whole response, clipped
+  to +-clip_reward_value, is added at the last response token. beta = init_kl_coef (Table 8:
+  0.4 HH, 0.1 TL;DR), fixed unless adaptive_kl (Ziegler et al.'s controller) is on.
+- A response ends at EOS (or the params' stop string); tokens after it are masked out of every
+  loss and statistic. Rewards and values are zeroed there before GAE.
+- GAE with gamma = 1, lambda = 0.95; returns = advantages + values; advantages are not whitened.
+- Actor: clipped surrogate (cliprange 0.2), token-mean over the response. Critic: clipped value
+  loss (cliprange_value 0.2), 0.5 * max of the squared errors. Separate AdamW optimizers, learning
+  rates and weight decay for actor and critic, cosine schedule with warm-up (DeepSpeed-Chat's
+  default); one PPO epoch per rollout batch by default.
+- The critic starts from the reward model. Reward normalisation (running mean/std) is off by default.
+
+Roles and memory. With LoRA there are no extra backbone copies: the policy is the init stage's
+merged weights plus a new adapter, and the reference is the same backbone with the adapter
+disabled (when the reference is the init stage, as in MPO and vanilla PPO); the value model
+is the RM's merged weights plus its own adapter, and the reward is that backbone with the adapter
+disabled. Four roles on two backbones. A reference other than the init stage (MPO-sft-kl) costs
+one more backbone. Full fine-tuning keeps four separate models.
+
+Faults: a non-finite loss or a probability ratio above max_ratio stops the stage with the step;
+the last good checkpoint (every checkpoint_every steps) stays in <stage>.partial/checkpoint.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from .artifacts import Run
+from .config import PPOVariant
+from .data import truncate_prompt
+from .models import load_stage_model, load_tokenizer, lora_config, save_stage_model, save_weights
+from .resample import decode_responses, load_pairs, load_split, sample_batch
+from .reward import score
+
+
+class PPOFault(RuntimeError):
+    """Training diverged; the message names the step and where the last good checkpoint is."""
+
+
+# ---------------------------------------------------------------------------- the objective
+
+def per_token_rewards(logprobs, ref_logprobs, scores, mask, kl_coef: float, clip: float, estimator: str = "k1"):
+    """Eq. 3 per token: -kl_coef * KL estimate on every response token, plus the clipped RM
+    score at the last one. All tensors [batch, response_len] except scores [batch]."""
+    log_ratio = logprobs - ref_logprobs
+    kl = log_ratio if estimator == "k1" else torch.expm1(-log_ratio) + log_ratio
+    rewards = -kl_coef * kl * mask
+    last = mask.sum(1).long().clamp(min=1) - 1
+    rewards[torch.arange(len(scores)), last] += scores.clamp(-clip, clip)
+    return rewards
+
+
+def advantages_and_returns(rewards, values, mask, gamma: float, lam: float):
+    """GAE over the response tokens (DeepSpeed-Chat's get_advantages_and_returns)."""
+    rewards, values = rewards * mask, values * mask
+    advantages = torch.zeros_like(rewards)
+    running = torch.zeros(rewards.shape[0], dtype=rewards.dtype, device=rewards.device)
+    length = rewards.shape[1]
+    for t in reversed(range(length)):
+        next_value = values[:, t + 1] if t + 1 < length else torch.zeros_like(running)
+        delta = rewards[:, t] + gamma * next_value - values[:, t]
+        running = delta + gamma * lam * running
+        advantages[:, t] = running
+    return advantages, advantages + values
+
+
+def masked_mean(values, mask):
+    return (values * mask).sum() / mask.sum().clamp(min=1)
+
+
+def policy_loss(logprobs, old_logprobs, advantages, mask, cliprange: float):
+    """Clipped surrogate; returns (loss, ratio, clip fraction)."""
+    ratio = torch.exp((logprobs - old_logprobs) * mask)
+    unclipped = -advantages * ratio
+    clipped = -advantages * ratio.clamp(1 - cliprange, 1 + cliprange)
+    clip_fraction = masked_mean(((ratio - 1).abs() > cliprange).float(), mask)
+    return masked_mean(torch.max(unclipped, clipped), mask), ratio, clip_fraction
+
+
+def value_loss(values, old_values, returns, mask, cliprange_value: float):
+    clipped = old_values + (values - old_values).clamp(-cliprange_value, cliprange_value)
+    return 0.5 * masked_mean(torch.max((values - returns) ** 2, (clipped - returns) ** 2), mask)
+
+
+# ---------------------------------------------------------------------------- the four roles
+
+def positions(attention_mask):
+    """Position ids that skip left padding, as generate() uses: forward passes must see the
+    same positions the tokens were sampled with."""
+    return (attention_mask.cumsum(-1) - 1).clamp(min=0)
+
+
+def response_mask(response_ids, eos_id: int, pad_id: int):
+    """1 on response tokens up to and including the first EOS; 0 on what generate() padded after."""
+    ended = (response_ids == eos_id) | (response_ids == pad_id)
+    after_end = (ended.cumsum(1) - ended.long()) > 0  # strictly after the first EOS/pad
+    keep = ~after_end
+    if eos_id != pad_id:  # a pad (not an EOS) closing a stop-string sample is not a token the policy chose
+        keep &= response_ids != pad_id
+    return keep.float()
+
+
+@dataclass
+class Roles:
+    """policy (trainable), reference, critic (trainable) and reward, on two backbones with LoRA."""
+    policy: torch.nn.Module
+    critic: torch.nn.Module
+    reference: torch.nn.Module | None = None  # None: the policy with its adapter disabled
+    reward: torch.nn.Module | None = None     # None: the critic with its adapter disabled
+
+    def reference_context(self):
+        return self.policy.disable_adapter() if self.reference is None else contextlib.nullcontext()
+
+    def reward_context(self):
+        return self.critic.disable_adapter() if self.reward is None else contextlib.nullcontext()
+
+
+def build_roles(run: Run, variant: PPOVariant, two_backbones: bool | None = None) -> Roles:
+    """LoRA: four roles on two backbones (three if the reference is not the init stage).
+    Full fine-tuning (or two_backbones=False): four separate models."""
+    from peft import get_peft_model
+
+    cfg = run.cfg
+    shared = cfg.model.lora is not None if two_backbones is None else two_backbones
+    policy = load_stage_model(run, variant.init)
+    critic = load_stage_model(run, "rm", head="score")
+    if not shared:
+        if cfg.model.lora is not None:
+            policy = get_peft_model(policy, lora_config(cfg, "CAUSAL_LM"))
+            critic = get_peft_model(critic, lora_config(cfg, "SEQ_CLS"))
+        return Roles(policy, critic, load_stage_model(run, variant.reference).eval(),
+                     load_stage_model(run, "rm", head="score").eval())
+    if cfg.model.lora is None:
+        raise ValueError("the two-backbone layout needs model.lora: full fine-tuning keeps four models")
+    roles = Roles(get_peft_model(policy, lora_config(cfg, "CAUSAL_LM")),
+                  get_peft_model(critic, lora_config(cfg, "SEQ_CLS")))
+    if variant.reference != variant.init:
+        roles.reference = load_stage_model(run, variant.reference).eval()
+    return roles
+
+
+def token_logprobs(model, input_ids, attention_mask, prompt_length: int, with_entropy: bool = False):
+    """log pi(token) for every response token (and the policy's entropy there)."""
+    response_length = input_ids.shape[1] - prompt_length
+    # the LM head only where a response token is predicted: the full-vocabulary logits of the prompt
+    # would be most of the memory of a step
+    logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions(attention_mask),
+                   logits_to_keep=response_length + 1).logits[:, :-1].float()
+    logp_all = F.log_softmax(logits, -1)
+    logprobs = logp_all.gather(-1, input_ids[:, prompt_length:, None]).squeeze(-1)
+    if not with_entropy:
+        return logprobs
+    return logprobs, -(logp_all.exp() * logp_all).sum(-1)
+
+
+def token_values(critic, input_ids, attention_mask, prompt_length: int):
+    """The critic's value of the state before each response token."""
+    model = critic.get_base_model() if hasattr(critic, "get_base_model") else critic
+    hidden = getattr(model, model.base_model_prefix)(
+        input_ids=input_ids, attention_mask=attention_mask, position_ids=positions(attention_mask)).last_hidden_state
+    return model.score(hidden).squeeze(-1)[:, prompt_length - 1:-1].float()
+
+
+# ---------------------------------------------------------------------------- the loop
+
+def ppo_prompts(run: Run, variant: PPOVariant) -> list[str]:
+    if variant.prompts == "all":
+        return [pair["prompt"] for pair in load_pairs(run)]
+    return [row["prompt"] for row in load_split(run, variant.prompts)]
+
+
+def prompt_source(variant: PPOVariant) -> str:
+    return "resample" if variant.prompts == "all" else "split"
+
+
+class Trainer:
+    """One PPO variant: rollout, score, GAE, clipped updates; metrics per step."""
+
+    def __init__(self, run: Run, variant: PPOVariant, roles: Roles, out_dir: Path):
+        from transformers import get_scheduler
+
+        self.run, self.cfg, self.spec, self.roles, self.out_dir = run, run.cfg, run.cfg.ppo, roles, out_dir
+        self.tokenizer = load_tokenizer(run)
+        self.kl_coef = self.spec.init_kl_coef
+        self.score_stats = [0.0, 1.0, 0]  # running mean, variance, count (normalize_reward)
+        self.optimizers, self.schedulers = [], []
+        for model, lr, decay in ((roles.policy, self.spec.actor_lr, self.spec.actor_weight_decay),
+                                 (roles.critic, self.spec.critic_lr, self.spec.critic_weight_decay)):
+            optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=decay)
+            self.optimizers.append(optimizer)
+            self.schedulers.append(get_scheduler("cosine", optimizer, self.spec.warmup_steps, self.spec.max_steps))
+        self.autocast = torch.autocast("cuda" if torch.cuda.is_available() else "cpu", dtype=torch.bfloat16,
+                                       enabled=self.cfg.model.bf16)
+
+    @torch.no_grad()
+    def rollout(self, prompts: list[str]) -> dict:
+        spec, tok, roles = self.spec, self.tokenizer, self.roles
+        started = time.time()
+        output, prompt_mask, prompt_length = sample_batch(roles.policy, tok, prompts, 1, spec.max_new_tokens,
+                                                          spec.temperature, spec.top_p, self.cfg.resample.stop)
+        generation_seconds = time.time() - started
+        mask = response_mask(output[:, prompt_length:], tok.eos_token_id, tok.pad_token_id)
+        attention = torch.cat([prompt_mask, torch.ones_like(mask, dtype=prompt_mask.dtype)], 1)
+        responses = decode_responses(tok, output, prompt_length, self.cfg.resample.stop)
+        for model in (roles.policy, roles.critic):
+            model.eval()
+        with self.autocast:
+            logprobs = token_logprobs(roles.policy, output, attention, prompt_length)
+            with roles.reference_context():
+                ref_logprobs = token_logprobs(roles.reference or roles.policy, output, attention, prompt_length)
+            values = token_values(roles.critic, output, attention, prompt_length)
+            with roles.reward_context():
+                scores = torch.tensor(score(roles.reward or roles.critic, tok, prompts, responses,
+                                            len(prompts), self.cfg.rm.max_length))
+        raw_scores = scores.clone()
+        if spec.normalize_reward:
+            scores = self._normalise(scores)
+        rewards = per_token_rewards(logprobs, ref_logprobs, scores, mask, self.kl_coef,
+                                    spec.clip_reward_value, spec.kl_estimator)
+        advantages, returns = advantages_and_returns(rewards, values, mask, spec.gamma, spec.lam)
+        return {"input_ids": output, "attention_mask": attention, "prompt_length": prompt_length, "mask": mask,
+                "logprobs": logprobs, "ref_logprobs": ref_logprobs, "values": values * mask,
+                "advantages": advantages, "returns": returns, "scores": raw_scores,
+                "responses": responses, "generation_seconds": generation_seconds}
+
+    def _normalise(self, scores):
+        mean, var, count = self.score_stats
+        for value in scores.tolist():  # Welford's running mean/variance
+            count += 1
+            delta = value - mean
+            mean += delta / count
+            var += (delta * (value - mean) - var) / count
+        self.score_stats = [mean, var, count]
+        return (scores - mean) / math.sqrt(var + 1e-8)
+
+    def update(self, batch: dict, step: int) -> dict:
+        spec, roles = self.spec, self.roles
+        roles.policy.train()
+        roles.critic.train()
+        stats = {"policy_loss": [], "value_loss": [], "clip_fraction": [], "entropy": [], "max_ratio": []}
+        size = batch["input_ids"].shape[0]
+        for _ in range(spec.ppo_epochs):
+            order = torch.randperm(size)
+            for start in range(0, size, spec.mini_batch_size):
+                idx = order[start:start + spec.mini_batch_size]
+                mb = {k: v[idx] for k, v in batch.items() if torch.is_tensor(v) and v.dim() > 0 and v.shape[0] == size}
+                with self.autocast:
+                    logprobs, entropy = token_logprobs(roles.policy, mb["input_ids"], mb["attention_mask"],
+                                                       batch["prompt_length"], with_entropy=True)
+                actor_loss, ratio, clip_fraction = policy_loss(logprobs, mb["logprobs"], mb["advantages"], mb["mask"],
+                                                               spec.cliprange)
+                self._check(actor_loss, ratio, mb["mask"], step)
+                actor_loss.backward()
+                self._step(0)
+                with self.autocast:
+                    values = token_values(roles.critic, mb["input_ids"], mb["attention_mask"], batch["prompt_length"])
+                critic_loss = value_loss(values, mb["values"], mb["returns"], mb["mask"], spec.cliprange_value)
+                self._check(critic_loss, None, mb["mask"], step)
+                critic_loss.backward()
+                self._step(1)
+                stats["policy_loss"].append(actor_loss.item())
+                stats["value_loss"].append(critic_loss.item())
+                stats["clip_fraction"].append(clip_fraction.item())
+                stats["entropy"].append(masked_mean(entropy.detach(), mb["mask"]).item())
+                stats["max_ratio"].append((ratio * mb["mask"]).max().item())
+        for scheduler in self.schedulers:
+            scheduler.step()
+        return {k: (max(v) if k == "max_ratio" else sum(v) / len(v)) for k, v in stats.items()}
+
+    def _step(self, which: int) -> None:
+        model = self.roles.policy if which == 0 else self.roles.critic
+        torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)
+        self.optimizers[which].step()
+        self.optimizers[which].zero_grad(set_to_none=True)
+
+    def _check(self, loss, ratio, mask, step: int) -> None:
+        checkpoint = self.out_dir / "checkpoint"
+        where = f"the last good checkpoint is {checkpoint}" if checkpoint.exists() else "no checkpoint was written yet"
+        if not torch.isfinite(loss):
+            raise PPOFault(f"PPO step {step}: the loss is {loss.item()}; {where}")
+        if ratio is not None and (ratio * mask).max().item() > self.spec.max_ratio:
+            raise PPOFault(f"PPO step {step}: probability ratio {(ratio * mask).max().item():.3g} exceeds "
+                           f"ppo.max_ratio={self.spec.max_ratio}; {where}")
+
+    def adapt_kl(self, kl: float) -> None:
+        if self.spec.adaptive_kl:
+            error = max(min(kl / self.spec.kl_target - 1, 0.2), -0.2)
+            self.kl_coef *= 1 + error * self.spec.rollout_batch_size / self.spec.kl_horizon
+
+    def step_metrics(self, step: int, batch: dict, losses: dict, seconds: float) -> dict:
+        mask = batch["mask"]
+        kl = ((batch["logprobs"] - batch["ref_logprobs"]) * mask).sum(1).mean().item()
+        return {"step": step, "reward_mean": batch["scores"].mean().item(), "reward_std": batch["scores"].std().item(),
+                "kl_to_reference": kl, "kl_coef": self.kl_coef, "response_length": mask.sum(1).mean().item(),
+                "generation_seconds": round(batch["generation_seconds"], 2), "step_seconds": round(seconds, 2),
+                **losses}
+
+
+def train_ppo(run: Run, name: str, variant: PPOVariant, out_dir: Path, roles: Roles | None = None) -> dict:
+    from torch.utils.tensorboard import SummaryWriter
+
+    cfg, spec = run.cfg, run.cfg.ppo
+    tokenizer = load_tokenizer(run)
+    prompts = [truncate_prompt(tokenizer, p, cfg.data.max_prompt_tokens) for p in ppo_prompts(run, variant)]
+    if len(prompts) < spec.rollout_batch_size:
+        raise ValueError(f"ppo.variants.{name}: {len(prompts)} {variant.prompts} prompts, fewer than "
+                         f"ppo.rollout_batch_size={spec.rollout_batch_size}")
+    torch.manual_seed(cfg.seed)
+    trainer = Trainer(run, variant, roles or build_roles(run, variant), out_dir)
+    writer = SummaryWriter(str(out_dir / "tensorboard"))
+    rng = random.Random(cfg.seed)
+    history = []
+    with open(out_dir / "samples.jsonl", "w") as samples:
+        for step in tqdm(range(1, spec.max_steps + 1), desc=name):
+            started = time.time()
+            batch = trainer.rollout(rng.sample(prompts, spec.rollout_batch_size))
+            losses = trainer.update(batch, step)
+            metrics = trainer.step_metrics(step, batch, losses, time.time() - started)
+            trainer.adapt_kl(metrics["kl_to_reference"])
+            history.append(metrics)
+            for key, value in metrics.items():
+                writer.add_scalar(f"ppo/{key}", value, step)
+            if step % spec.sample_every == 0 or step == 1:
+                samples.write(json.dumps({"step": step, "response": batch["responses"][0],
+                                          "reward": batch["scores"][0].item()}) + "\n")
+            if step % spec.checkpoint_every == 0:
+                save_weights(trainer.roles.policy, out_dir / "checkpoint")
+    writer.close()
+    (out_dir / "steps.json").write_text(json.dumps(history, indent=1))
+    save_stage_model(trainer.roles.policy, out_dir, variant.init, run)
+    quarter = max(len(history) // 4, 1)
+    mean = lambda rows, key: sum(r[key] for r in rows) / len(rows)
+    return {"variant": variant.model_dump(), "prompts": len(prompts), "steps": len(history),
+            "reward_first_quarter": mean(history[:quarter], "reward_mean"),
+            "reward_last_quarter": mean(history[-quarter:], "reward_mean"),
+            "kl_last_quarter": mean(history[-quarter:], "kl_to_reference"),
+            "step_seconds_mean": mean(history, "step_seconds"),
+            "samples_seen": len(history) * spec.rollout_batch_size}
+
+
+def run_ppo(run: Run, name: str) -> dict:
+    """Stage `name` (a key of ppo.variants), e.g. `mpo` or `ppo_full`."""
+    cfg = run.cfg
+    if cfg.ppo is None or name not in cfg.ppo.variants:
+        raise ValueError(f"ppo.variants has no {name!r} (params: {sorted(cfg.ppo.variants) if cfg.ppo else 'no ppo section'})")
+    variant = cfg.ppo.variants[name]
+    settings = {"ppo": cfg.ppo.model_dump(exclude={"variants"}), "variant": variant.model_dump(),
+                "lora": cfg.model.lora and cfg.model.lora.model_dump(), "bf16": cfg.model.bf16, "seed": cfg.seed,
+                "stop": cfg.resample.stop, "max_prompt_tokens": cfg.data.max_prompt_tokens}
+    upstream = sorted({variant.init, variant.reference, "rm", prompt_source(variant)})
+    return run.run_stage(name, settings, upstream, lambda out_dir: train_ppo(run, name, variant, out_dir))

@@ -1,0 +1,118 @@
+"""The kit's PPO: the objective against hand-computed values, and the roles it trains with."""
+import math
+
+import pytest
+import torch
+
+from mpo_lib.ppo import (PPOFault, advantages_and_returns, build_roles, per_token_rewards, policy_loss,
+                         response_mask, token_logprobs, token_values, value_loss)
+from mpo_lib.config import PPOVariant
+
+
+def test_per_token_reward_is_kl_penalty_plus_clipped_score_at_the_last_token():
+    logprobs = torch.tensor([[-1.0, -2.0, -3.0]])
+    ref_logprobs = torch.tensor([[-1.5, -2.0, -2.0]])
+    mask = torch.tensor([[1.0, 1.0, 0.0]])  # the response ended at token 2
+    rewards = per_token_rewards(logprobs, ref_logprobs, torch.tensor([7.0]), mask, kl_coef=0.1, clip=5.0)
+    assert rewards[0].tolist() == pytest.approx([-0.05, 5.0, 0.0])
+    k3 = per_token_rewards(logprobs, ref_logprobs, torch.tensor([0.0]), mask, 0.1, 5.0, estimator="k3")
+    assert k3[0, 0].item() == pytest.approx(-0.1 * (math.exp(-0.5) - 1 + 0.5))
+
+
+def test_gae_with_gamma_1_lambda_095():
+    rewards = torch.tensor([[0.0, 0.0, 1.0]])
+    values = torch.tensor([[0.5, 0.5, 0.5]])
+    advantages, returns = advantages_and_returns(rewards, values, torch.ones(1, 3), gamma=1.0, lam=0.95)
+    # t=2: 1 - 0.5 = 0.5;  t=1: (0 + 0.5 - 0.5) + 0.95 * 0.5;  t=0: 0 + 0.95 * 0.475
+    assert advantages[0].tolist() == pytest.approx([0.45125, 0.475, 0.5])
+    assert returns[0].tolist() == pytest.approx([0.95125, 0.975, 1.0])
+
+
+def test_gae_ignores_what_follows_the_end_of_the_response():
+    rewards = torch.tensor([[0.0, 1.0, 9.0]])
+    values = torch.tensor([[0.5, 0.5, 9.0]])
+    advantages, _ = advantages_and_returns(rewards, values, torch.tensor([[1.0, 1.0, 0.0]]), 1.0, 0.95)
+    assert advantages[0].tolist() == pytest.approx([0.95 * 0.5, 0.5, 0.0])
+
+
+def test_clipped_policy_loss_on_a_constructed_batch():
+    old = torch.zeros(1, 3)
+    new = torch.log(torch.tensor([[1.5, 0.5, 1.5]]))
+    advantages = torch.tensor([[1.0, 1.0, -1.0]])
+    loss, ratio, clip_fraction = policy_loss(new, old, advantages, torch.ones(1, 3), cliprange=0.2)
+    # per token max(-A r, -A clip(r)): max(-1.5, -1.2) = -1.2; max(-0.5, -0.8) = -0.5; max(1.5, 1.2) = 1.5
+    assert loss.item() == pytest.approx((-1.2 - 0.5 + 1.5) / 3)
+    assert clip_fraction.item() == 1.0
+
+
+def test_clipped_value_loss_on_a_constructed_batch():
+    values, old_values, returns = torch.tensor([[1.0, 0.6]]), torch.tensor([[0.5, 0.5]]), torch.tensor([[2.0, 0.0]])
+    loss = value_loss(values, old_values, returns, torch.ones(1, 2), cliprange_value=0.2)
+    # token 0: clipped value 0.7, max(1.0, 1.69) = 1.69; token 1: inside the clip range, 0.36
+    assert loss.item() == pytest.approx(0.5 * (1.69 + 0.36) / 2)
+
+
+def test_response_mask_keeps_the_eos_and_drops_what_follows():
+    ids = torch.tensor([[5, 6, 2, 0, 0], [5, 6, 7, 8, 9], [5, 0, 0, 0, 0]])
+    assert response_mask(ids, eos_id=2, pad_id=0).tolist() == [[1, 1, 1, 0, 0], [1] * 5, [1, 0, 0, 0, 0]]
+    assert response_mask(ids, eos_id=0, pad_id=0).tolist()[2] == [1, 1, 0, 0, 0]
+
+
+def sequences(run):
+    from mpo_lib.models import load_tokenizer
+    tokenizer = load_tokenizer(run, padding_side="left")
+    batch = tokenizer(["\n\nHuman: hi there\n\nAssistant: hello, how can I help?",
+                       "\n\nHuman: what is a lock?\n\nAssistant: a device"], return_tensors="pt", padding=True)
+    return batch["input_ids"], batch["attention_mask"], 6
+
+
+@torch.no_grad()
+def test_the_reference_used_is_the_one_requested(smoke_run):
+    from mpo_lib.models import load_stage_model
+
+    ids, attention, prompt_length = sequences(smoke_run)
+    roles = build_roles(smoke_run, PPOVariant(init="dpo", reference="sft"))
+    with roles.reference_context():
+        used = token_logprobs(roles.reference or roles.policy, ids, attention, prompt_length)
+    assert torch.allclose(used, token_logprobs(load_stage_model(smoke_run, "sft"), ids, attention, prompt_length))
+    assert not torch.allclose(used, token_logprobs(load_stage_model(smoke_run, "dpo"), ids, attention, prompt_length))
+
+
+@torch.no_grad()
+def test_two_backbone_lora_layout_matches_separate_models(lora_run):
+    ids, attention, prompt_length = sequences(lora_run)
+    variant = PPOVariant(init="dpo", reference="dpo")
+    shared, separate = build_roles(lora_run, variant), build_roles(lora_run, variant, two_backbones=False)
+    assert shared.reference is None and shared.reward is None  # two backbones
+    torch.manual_seed(0)
+    for name, param in shared.policy.named_parameters():  # a trained-looking adapter, so the check is not vacuous
+        if "lora_B" in name:
+            param.add_(0.1 * torch.randn_like(param))
+    with shared.reference_context():
+        reference = token_logprobs(shared.policy, ids, attention, prompt_length)
+        assert not torch.is_grad_enabled()
+    assert torch.allclose(reference, token_logprobs(separate.reference, ids, attention, prompt_length), atol=1e-5)
+    assert not torch.allclose(reference, token_logprobs(shared.policy, ids, attention, prompt_length), atol=1e-3)
+    with shared.reward_context():
+        reward = token_values(shared.critic, ids, attention, prompt_length)
+    assert torch.allclose(reward, token_values(separate.reward, ids, attention, prompt_length), atol=1e-5)
+
+
+def test_non_finite_loss_stops_with_the_step(lora_run, tmp_path):
+    from mpo_lib.ppo import Trainer
+
+    variant = PPOVariant(init="dpo", reference="dpo")
+    trainer = Trainer(lora_run, variant, build_roles(lora_run, variant), tmp_path)
+    with pytest.raises(PPOFault, match="PPO step 7: the loss is nan; no checkpoint was written yet"):
+        trainer._check(torch.tensor(float("nan")), None, torch.ones(1, 1), step=7)
+    with pytest.raises(PPOFault, match="PPO step 3: probability ratio 50 exceeds ppo.max_ratio=10"):
+        trainer._check(torch.tensor(0.1), torch.tensor([[50.0]]), torch.ones(1, 1), step=3)
+
+
+def test_smoke_ppo_trains_both_variants(smoke_run):
+    for name in ("mpo", "ppo_full"):
+        metrics = smoke_run.metrics(name)
+        assert metrics["steps"] == smoke_run.cfg.ppo.max_steps
+        assert math.isfinite(metrics["kl_last_quarter"]) and math.isfinite(metrics["reward_last_quarter"])
+    assert smoke_run.metrics("mpo")["prompts"] == smoke_run.metrics("split")["hard"]
+    assert (smoke_run.path / "figures" / "ppo_reward_kl.png").exists()
