@@ -60,8 +60,14 @@ class Run:
         return (self.stage_dir(stage) / MARKER).exists()
 
     def require(self, stage: str) -> Path:
+        """A finished stage whose inputs are still the current ones (checked up the whole chain)."""
         if not self.is_complete(stage):
             raise FileNotFoundError(f"stage {stage!r} has not finished in {self.path}: run its notebook first")
+        recorded = read_json(self.stage_dir(stage) / "config.json")["upstream"]
+        for name, digest in recorded.items():
+            if (self.require(name) / MARKER).read_text().strip() != digest:
+                raise RuntimeError(f"stage {stage!r} in {self.path} was built on an earlier {name!r}, which has "
+                                   f"been re-run since: re-run {stage!r} (its notebook) before using it")
         return self.stage_dir(stage)
 
     def metrics(self, stage: str) -> dict:
@@ -95,6 +101,9 @@ class Run:
         write_json(partial / "metrics.json", metrics)
         (partial / MARKER).write_text(digest + "\n")
         if final.exists():  # a finished stage with other settings: keep it, out of the way
-            final.rename(self.path / f"{stage}.superseded-{time.strftime('%Y%m%d-%H%M%S')}")
+            stamp, n = time.strftime("%Y%m%d-%H%M%S"), 0
+            while (self.path / f"{stage}.superseded-{stamp}-{n}").exists():
+                n += 1
+            final.rename(self.path / f"{stage}.superseded-{stamp}-{n}")
         partial.rename(final)
         return metrics

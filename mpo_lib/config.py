@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import typing
 from pathlib import Path
 from typing import Any, Literal
 
@@ -66,6 +67,9 @@ class DataConfig(_Section):
 
     @model_validator(mode="after")
     def _holdout_needed(self):
+        if self.dataset == "tldr" and self.source == "local" and self.train_split != self.eval_split:
+            raise ValueError("local TL;DR comparison files have no splits: set data.train_split == data.eval_split "
+                             "and hold rows out with data.holdout")
         if self.train_split == self.eval_split and self.holdout == 0:
             raise ValueError(f"train_split and eval_split are both {self.train_split!r}: set data.holdout > 0 "
                              "so that evaluation rows are not trained on")
@@ -221,12 +225,19 @@ def _explain(error: dict, raw: dict, source: str) -> str:
         for part in loc[:-1]:
             parent = parent.get(part, {}) if isinstance(parent, dict) else {}
         model: Any = Config
-        for part in loc[:-1]:
-            field = model.model_fields.get(part)
-            annotation = getattr(field, "annotation", None)
-            model = next((arg for arg in getattr(annotation, "__args__", (annotation,))
-                          if isinstance(arg, type) and issubclass(arg, BaseModel)), None)
-            if model is None:
+        parts = iter(loc[:-1])
+        for part in parts:
+            annotation = getattr(model.model_fields.get(part), "annotation", None)
+            candidates = getattr(annotation, "__args__", (annotation,))
+            if typing.get_origin(annotation) is dict:  # e.g. ppo.variants.<name>: skip the name
+                candidates = (typing.get_args(annotation)[1],)
+                next(parts, None)
+            for arg in candidates:
+                if isinstance(arg, type) and issubclass(arg, BaseModel):
+                    model = arg
+                    break
+            else:
+                model = None
                 break
         known = list(model.model_fields) if model else []
         close = difflib.get_close_matches(loc[-1], known, n=1)
@@ -253,6 +264,9 @@ def load_config(params_file: str | Path | None = None, overrides: dict | None = 
         if not isinstance(raw, dict):
             raise ConfigError(f"{source}: expected a mapping of params keys at the top level")
     if overrides:
+        if not isinstance(overrides, dict):
+            raise ConfigError(f"overrides must be a mapping of params keys, got {overrides!r} "
+                              "(with papermill, pass it as YAML: -y 'overrides: {dpo: {beta: 0.2}}')")
         raw = _deep_merge(raw, overrides)
         source += " (with overrides)" if params_file else ""
     try:
@@ -263,7 +277,7 @@ def load_config(params_file: str | Path | None = None, overrides: dict | None = 
 
 def notebook_config(namespace: dict) -> Config:
     """The config a notebook runs with: its `params_file`, then any top-level keys papermill injected
-    (`papermill -f params/X.yaml` or `-p dpo '{...}'`), then its `overrides` mapping."""
+    (`papermill -f params/X.yaml`, or `-y 'dpo: {beta: 0.2}'`), then its `overrides` mapping."""
     injected = {key: namespace[key] for key in Config.model_fields if key in namespace}
     overrides = _deep_merge(injected, namespace.get("overrides") or {})
     return load_config(namespace.get("params_file"), overrides)

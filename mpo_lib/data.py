@@ -104,6 +104,9 @@ def load_tldr_subset(cfg: Config, subset: str, split: str) -> Loaded:
     out = Loaded(rows=[])
     for line_no, record in records:
         out.read += 1
+        if not record.get("info", {}).get("post"):  # the hub's validation split mixes in CNN/DM articles
+            out.dropped["no_reddit_post"] += 1
+            continue
         try:
             texts = [summary["text"].strip() for summary in record["summaries"]]
             chosen, rejected = texts[record["choice"]], texts[1 - record["choice"]]
@@ -153,7 +156,8 @@ def load_preferences(cfg: Config) -> Splits:
             held = evaluation.rows[: cfg.data.holdout or None]
         train += rows[: cfg.data.max_train_rows]
         heldout += held
-    return Splits(train, heldout, _report(loaded))
+    # mixed across subsets, so that a cap on rows later (sft.max_rows, ...) samples every subset
+    return Splits(_shuffled(train, cfg.seed), _shuffled(heldout, cfg.seed), _report(loaded))
 
 
 def _shuffled(rows: list[dict], seed: int) -> list[dict]:
@@ -185,6 +189,21 @@ def truncate_prompt(tokenizer, prompt: str, max_tokens: int) -> str:
     """Keep the end of a long dialogue: the last turns are what the response answers."""
     ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
     return prompt if len(ids) <= max_tokens else tokenizer.decode(ids[-max_tokens:])
+
+
+def truncate_response(tokenizer, response: str, max_tokens: int) -> str:
+    ids = tokenizer(response, add_special_tokens=False)["input_ids"]
+    return response if len(ids) <= max_tokens else tokenizer.decode(ids[:max_tokens])
+
+
+def fit_row(tokenizer, cfg: Config, row: dict) -> dict:
+    """A training row within data.max_prompt_tokens / max_response_tokens (A.1's context and answer
+    lengths). TRL's reward trainer drops, rather than truncates, a pair longer than its max_length."""
+    fitted = {"prompt": truncate_prompt(tokenizer, row["prompt"], cfg.data.max_prompt_tokens)}
+    for key in ("chosen", "rejected", "completion"):
+        if key in row:
+            fitted[key] = truncate_response(tokenizer, row[key], cfg.data.max_response_tokens)
+    return fitted
 
 
 def length_stats(tokenizer, splits: Splits) -> dict[str, list[int]]:

@@ -13,7 +13,7 @@ from datasets import Dataset
 from trl import DPOConfig, DPOTrainer
 
 from .artifacts import Run
-from .data import truncate_prompt
+from .data import fit_row
 from .models import load_stage_model, load_tokenizer, lora_config, save_stage_model
 from .resample import load_pairs, load_split, split_by_gap
 from .training import train_and_summarise, trainer_args
@@ -42,8 +42,7 @@ def run_dpo(run: Run, offline_rows: list[dict]) -> dict:
 
     def build(out_dir: Path) -> dict:
         tokenizer = load_tokenizer(run, padding_side="left")
-        data = Dataset.from_list([{**p, "prompt": truncate_prompt(tokenizer, p["prompt"], cfg.data.max_prompt_tokens)}
-                                  for p in pairs])
+        data = Dataset.from_list([fit_row(tokenizer, cfg, p) for p in pairs])
         peft = lora_config(cfg, "CAUSAL_LM")
         trainer = DPOTrainer(
             model=load_stage_model(run, "sft"),
@@ -59,6 +58,5 @@ def run_dpo(run: Run, offline_rows: list[dict]) -> dict:
                 "reward_accuracy_last": steps[-1].get("rewards/accuracies") if steps else None}
 
     settings = {"dpo": cfg.dpo.model_dump(), "lora": cfg.model.lora and cfg.model.lora.model_dump(),
-                "bf16": cfg.model.bf16, "max_prompt_tokens": cfg.data.max_prompt_tokens, "seed": cfg.seed,
-                "offline_data": cfg.data.model_dump(exclude={"data_dir"}) if not sources else None}
+                "bf16": cfg.model.bf16, "seed": cfg.seed, "data": cfg.data.model_dump(exclude={"data_dir"})}
     return run.run_stage(dpo_stage_name(cfg), settings, ["sft", *sources], build)

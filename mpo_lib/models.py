@@ -22,6 +22,11 @@ SMOLLM2 = "smollm2-135m-instruct"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
+def device() -> torch.device:
+    """Where the kit's own loops (resampling, PPO) run; the TRL trainers place their models themselves."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
 def cache_dir() -> Path:
     return Path(os.environ.get("MPO_CACHE", Path.home() / ".cache" / "mpo_kit"))
 
@@ -101,8 +106,11 @@ def _full_path(stage_dir: Path) -> str:
 def load_tokenizer(run: Run, padding_side: str = "right"):
     tokenizer = AutoTokenizer.from_pretrained(_full_path(run.require("base")))
     tokenizer.padding_side = padding_side
+    if tokenizer.pad_token is None and tokenizer.unk_token is not None:
+        tokenizer.pad_token = tokenizer.unk_token  # LLaMA-2 ships without one; <unk> is never a target
     if tokenizer.pad_token is None:
-        raise ValueError(f"the tokenizer of {run.cfg.model.name!r} has no pad token; set one in its tokenizer_config")
+        raise ValueError(f"the tokenizer of {run.cfg.model.name!r} has neither a pad nor an unk token; "
+                         "set pad_token in its tokenizer_config.json")
     return tokenizer
 
 

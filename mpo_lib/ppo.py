@@ -42,8 +42,8 @@ from tqdm.auto import tqdm
 from .artifacts import Run
 from .config import PPOVariant
 from .data import truncate_prompt
-from .models import load_stage_model, load_tokenizer, lora_config, save_stage_model, save_weights
-from .resample import decode_responses, load_pairs, load_split, sample_batch
+from .models import device, load_stage_model, load_tokenizer, lora_config, save_stage_model, save_weights
+from .resample import decode_responses, load_pairs, load_split, positions, sample_batch
 from .reward import score
 
 
@@ -98,20 +98,17 @@ def value_loss(values, old_values, returns, mask, cliprange_value: float):
 
 # ---------------------------------------------------------------------------- the four roles
 
-def positions(attention_mask):
-    """Position ids that skip left padding, as generate() uses: forward passes must see the
-    same positions the tokens were sampled with."""
-    return (attention_mask.cumsum(-1) - 1).clamp(min=0)
-
-
-def response_mask(response_ids, eos_id: int, pad_id: int):
-    """1 on response tokens up to and including the first EOS; 0 on what generate() padded after."""
+def response_mask(response_ids, eos_id: int, pad_id: int, stopped: list[bool] | None = None):
+    """1 on the tokens the policy chose: up to and including its first EOS; for a sample cut by the
+    stop string (`stopped`), up to the stop string, not the pad generate() wrote after it (which
+    is the EOS token itself when pad == eos, as in SmolLM2)."""
     ended = (response_ids == eos_id) | (response_ids == pad_id)
-    after_end = (ended.cumsum(1) - ended.long()) > 0  # strictly after the first EOS/pad
-    keep = ~after_end
-    if eos_id != pad_id:  # a pad (not an EOS) closing a stop-string sample is not a token the policy chose
-        keep &= response_ids != pad_id
-    return keep.float()
+    before_end = ended.cumsum(1) == 0
+    first_end = ended & (ended.cumsum(1) == 1)
+    cut_by_stop = torch.tensor(stopped or [False] * len(response_ids), dtype=torch.bool,
+                               device=response_ids.device)[:, None]
+    sampled_eos = first_end & (response_ids == eos_id) & ~cut_by_stop
+    return (before_end | sampled_eos).float()
 
 
 @dataclass
@@ -136,20 +133,19 @@ def build_roles(run: Run, variant: PPOVariant, two_backbones: bool | None = None
 
     cfg = run.cfg
     shared = cfg.model.lora is not None if two_backbones is None else two_backbones
-    policy = load_stage_model(run, variant.init)
-    critic = load_stage_model(run, "rm", head="score")
+    load = lambda stage, head="lm": load_stage_model(run, stage, head).to(device())
+    policy, critic = load(variant.init), load("rm", "score")
     if not shared:
         if cfg.model.lora is not None:
             policy = get_peft_model(policy, lora_config(cfg, "CAUSAL_LM"))
             critic = get_peft_model(critic, lora_config(cfg, "SEQ_CLS"))
-        return Roles(policy, critic, load_stage_model(run, variant.reference).eval(),
-                     load_stage_model(run, "rm", head="score").eval())
+        return Roles(policy, critic, load(variant.reference).eval(), load("rm", "score").eval())
     if cfg.model.lora is None:
         raise ValueError("the two-backbone layout needs model.lora: full fine-tuning keeps four models")
     roles = Roles(get_peft_model(policy, lora_config(cfg, "CAUSAL_LM")),
                   get_peft_model(critic, lora_config(cfg, "SEQ_CLS")))
     if variant.reference != variant.init:
-        roles.reference = load_stage_model(run, variant.reference).eval()
+        roles.reference = load(variant.reference).eval()
     return roles
 
 
@@ -203,8 +199,7 @@ class Trainer:
             optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=decay)
             self.optimizers.append(optimizer)
             self.schedulers.append(get_scheduler("cosine", optimizer, self.spec.warmup_steps, self.spec.max_steps))
-        self.autocast = torch.autocast("cuda" if torch.cuda.is_available() else "cpu", dtype=torch.bfloat16,
-                                       enabled=self.cfg.model.bf16)
+        self.autocast = torch.autocast(device().type, dtype=torch.bfloat16, enabled=self.cfg.model.bf16)
 
     @torch.no_grad()
     def rollout(self, prompts: list[str]) -> dict:
@@ -213,9 +208,11 @@ class Trainer:
         output, prompt_mask, prompt_length = sample_batch(roles.policy, tok, prompts, 1, spec.max_new_tokens,
                                                           spec.temperature, spec.top_p, self.cfg.resample.stop)
         generation_seconds = time.time() - started
-        mask = response_mask(output[:, prompt_length:], tok.eos_token_id, tok.pad_token_id)
+        stop = self.cfg.resample.stop
+        stopped = [bool(stop) and stop in text for text in tok.batch_decode(output[:, prompt_length:])]
+        mask = response_mask(output[:, prompt_length:], tok.eos_token_id, tok.pad_token_id, stopped)
         attention = torch.cat([prompt_mask, torch.ones_like(mask, dtype=prompt_mask.dtype)], 1)
-        responses = decode_responses(tok, output, prompt_length, self.cfg.resample.stop)
+        responses = decode_responses(tok, output, prompt_length, stop)
         for model in (roles.policy, roles.critic):
             model.eval()
         with self.autocast:
@@ -224,8 +221,8 @@ class Trainer:
                 ref_logprobs = token_logprobs(roles.reference or roles.policy, output, attention, prompt_length)
             values = token_values(roles.critic, output, attention, prompt_length)
             with roles.reward_context():
-                scores = torch.tensor(score(roles.reward or roles.critic, tok, prompts, responses,
-                                            len(prompts), self.cfg.rm.max_length))
+                scores = torch.tensor(score(roles.reward or roles.critic, tok, prompts, responses, len(prompts),
+                                            self.cfg.rm.max_length, self.cfg.model.bf16), device=output.device)
         raw_scores = scores.clone()
         if spec.normalize_reward:
             scores = self._normalise(scores)

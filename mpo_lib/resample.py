@@ -1,8 +1,9 @@
 """Stages `resample` and `split` (Algorithm 1, the kit's own code).
 
-resample: two completions per prompt from the SFT policy, generated in length-sorted batches
-with the KV cache from a separate copy of the weights in model.sample_dtype (bf16 sampling is
-~1.9x faster on CPU), stopped at the next "\\n\\nHuman:" turn, then scored by the reward model.
+resample: two completions per prompt from the SFT policy, sampled by the kit's own loop in
+length-sorted batches with the KV cache (prompts encoded once, finished rows dropped at once),
+from a separate copy of the weights in model.sample_dtype (bf16 sampling is ~1.9x faster on CPU),
+stopped at the next "\\n\\nHuman:" turn, then scored by the reward model.
 split: a prompt whose two rewards differ by more than gamma goes to the easy set D^e as
 (prompt, preferred, dispreferred); every other prompt goes to the hard set D^h.
 """
@@ -18,24 +19,62 @@ from datasets import Dataset, load_from_disk
 
 from .artifacts import Run
 from .data import truncate_prompt
-from .models import DTYPES, load_stage_model, load_tokenizer
+from .models import DTYPES, device, load_stage_model, load_tokenizer
 from .reward import score
+
+
+def positions(attention_mask):
+    """Position ids that skip left padding; every forward pass over a sampled sequence must see
+    the positions its tokens were sampled at."""
+    return (attention_mask.cumsum(-1) - 1).clamp(min=0)
+
+
+def _next_tokens(logits, temperature: float, top_p: float):
+    probs = torch.softmax(logits.float() / temperature, -1)
+    if top_p < 1.0:  # nucleus: keep the smallest set of tokens whose mass reaches top_p
+        sorted_probs, order = probs.sort(-1, descending=True)
+        sorted_probs[(sorted_probs.cumsum(-1) - sorted_probs) > top_p] = 0
+        probs = torch.zeros_like(probs).scatter_(-1, order, sorted_probs)
+    return torch.multinomial(probs, 1).squeeze(-1)
 
 
 @torch.no_grad()
 def sample_batch(model, tokenizer, prompts: list[str], num_samples: int, max_new_tokens: int,
                  temperature: float = 1.0, top_p: float = 1.0, stop: str | None = None):
-    """One generate() call with the KV cache: left-padded prompts, each sampled num_samples times.
-    Returns (token ids of prompt + response, prompt attention mask, padded prompt length)."""
+    """num_samples completions of each prompt with the KV cache. Each prompt is encoded once and
+    its cache copied per sample; a sequence leaves the batch as soon as it ends (EOS or `stop`),
+    so the remaining steps run on fewer rows (generate() keeps finished rows to the last step).
+    Returns (prompt + response ids, padded with pad after each end; prompt attention mask;
+    padded prompt length)."""
     model.eval()
     tokenizer.padding_side = "left"
     batch = tokenizer(prompts, return_tensors="pt", padding=True).to(model.device)
-    output = model.generate(**batch, do_sample=True, temperature=temperature, top_p=top_p, top_k=0,
-                            max_new_tokens=max_new_tokens, num_return_sequences=num_samples,
-                            stop_strings=[stop] if stop else None, tokenizer=tokenizer,
-                            pad_token_id=tokenizer.pad_token_id)
-    prompt_mask = batch["attention_mask"].repeat_interleave(num_samples, dim=0)
-    return output, prompt_mask, batch["input_ids"].shape[1]
+    out = model(**batch, position_ids=positions(batch["attention_mask"]), use_cache=True, logits_to_keep=1)
+    cache, logits = out.cache, out.logits[:, -1].repeat_interleave(num_samples, 0)
+    cache.batch_repeat_interleave(num_samples)
+    attention = batch["attention_mask"].repeat_interleave(num_samples, 0)
+    prompt_mask = attention.clone()
+    rows = torch.arange(len(attention), device=model.device)  # batch row -> output row
+    responses = torch.full((len(rows), max_new_tokens), tokenizer.pad_token_id, device=model.device)
+    stop_window = len(tokenizer(stop, add_special_tokens=False)["input_ids"]) + 2 if stop else 0
+    for step in range(max_new_tokens):
+        tokens = _next_tokens(logits, temperature, top_p)
+        responses[rows, step] = tokens
+        ended = tokens == tokenizer.eos_token_id
+        if stop:
+            tails = tokenizer.batch_decode(responses[rows, max(0, step + 1 - stop_window):step + 1])
+            ended |= torch.tensor([stop in tail for tail in tails], device=model.device)
+        if ended.all() or step + 1 == max_new_tokens:
+            break
+        if ended.any():
+            keep = (~ended).nonzero().squeeze(1)
+            cache.batch_select_indices(keep)
+            rows, tokens, attention = rows[keep], tokens[keep], attention[keep]
+        attention = torch.cat([attention, attention.new_ones(len(rows), 1)], 1)
+        logits = model(input_ids=tokens[:, None], attention_mask=attention, cache=cache, use_cache=True,
+                       position_ids=positions(attention)[:, -1:]).logits[:, -1]
+    prompt_ids = batch["input_ids"].repeat_interleave(num_samples, 0)
+    return torch.cat([prompt_ids, responses], 1), prompt_mask, prompt_ids.shape[1]
 
 
 def decode_responses(tokenizer, output, prompt_length: int, stop: str | None) -> list[str]:
@@ -73,14 +112,14 @@ def run_resample(run: Run, train_rows: list[dict]) -> dict:
     def build(out_dir: Path) -> dict:
         tokenizer = load_tokenizer(run)
         prompts = [truncate_prompt(tokenizer, p, cfg.data.max_prompt_tokens) for p in resample_prompts(cfg, train_rows)]
-        policy = load_stage_model(run, "sft").to(DTYPES[cfg.model.sample_dtype])
+        policy = load_stage_model(run, "sft").to(device(), DTYPES[cfg.model.sample_dtype])
         started = time.time()
         samples = generate(policy, tokenizer, prompts, 2, spec.max_new_tokens, spec.batch_size,
                            spec.temperature, spec.top_p, spec.stop, cfg.seed)
         generation_seconds = time.time() - started
         new_tokens = sum(len(tokenizer(s, add_special_tokens=False)["input_ids"]) for pair in samples for s in pair)
         del policy
-        reward_model = load_stage_model(run, "rm", head="score")
+        reward_model = load_stage_model(run, "rm", head="score").to(device())
         first, second = (score(reward_model, tokenizer, prompts, [pair[k] for pair in samples], spec.score_batch_size,
                                cfg.rm.max_length, cfg.model.bf16) for k in (0, 1))
         Dataset.from_dict({"prompt": prompts, "response_1": [s[0] for s in samples],
@@ -128,12 +167,16 @@ def run_split(run: Run) -> dict:
                              f"{max(gap_values(pairs)):.3f}): choose a gamma inside that range")
         Dataset.from_list(easy).save_to_disk(out_dir / "easy")
         Dataset.from_list(hard).save_to_disk(out_dir / "hard")
-        report = {f"{g:g}": dict(zip(("easy", "hard"), map(len, split_by_gap(pairs, g))))
-                  for g in cfg.split.report_gammas}
-        return {"gamma": cfg.split.gamma, "prompts": len(pairs), "easy": len(easy), "hard": len(hard),
-                "by_gamma": report}
+        return {"gamma": cfg.split.gamma, "prompts": len(pairs), "easy": len(easy), "hard": len(hard)}
 
-    return run.run_stage("split", cfg.split.model_dump(), ["resample"], build)
+    # only gamma decides the sets; the reported gammas and figure bins do not re-run DPO and PPO
+    return run.run_stage("split", {"gamma": cfg.split.gamma}, ["resample"], build)
+
+
+def sizes_by_gamma(run: Run, gammas: list[float]) -> dict[str, dict[str, int]]:
+    """|D^e| and |D^h| for each threshold, from the same resampled pairs (Table 3: gamma 1 and 2)."""
+    pairs = load_pairs(run)
+    return {f"{g:g}": dict(zip(("easy", "hard"), map(len, split_by_gap(pairs, g)))) for g in gammas}
 
 
 def gap_values(pairs: list[dict]) -> list[float]:

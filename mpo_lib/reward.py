@@ -11,7 +11,7 @@ from datasets import Dataset
 from trl import RewardConfig, RewardTrainer
 
 from .artifacts import Run, write_json
-from .data import truncate_prompt
+from .data import fit_row, truncate_prompt
 from .models import is_adapter, load_stage_model, load_tokenizer, lora_config, save_stage_model
 from .training import train_and_summarise, trainer_args
 
@@ -49,9 +49,7 @@ def run_reward(run: Run, train_rows: list[dict], heldout_rows: list[dict]) -> di
 
     def build(out_dir: Path) -> dict:
         tokenizer = load_tokenizer(run)
-        prompt_budget = cfg.data.max_prompt_tokens
-        data = Dataset.from_list([{"prompt": truncate_prompt(tokenizer, r["prompt"], prompt_budget),
-                                   "chosen": r["chosen"], "rejected": r["rejected"]} for r in train_rows])
+        data = Dataset.from_list([fit_row(tokenizer, cfg, r) for r in train_rows])
         parts = data.train_test_split(test_size=cfg.rm.eval_fraction, seed=cfg.seed)
         trainer = RewardTrainer(
             model=load_stage_model(run, "base", head="score"),
@@ -63,7 +61,7 @@ def run_reward(run: Run, train_rows: list[dict], heldout_rows: list[dict]) -> di
         save_stage_model(trainer.model, out_dir, "base", run)
 
         model = trainer.model.merge_and_unload() if is_adapter(trainer.model) else trainer.model
-        prompts = [truncate_prompt(tokenizer, r["prompt"], prompt_budget) for r in heldout_rows]
+        prompts = [truncate_prompt(tokenizer, r["prompt"], cfg.data.max_prompt_tokens) for r in heldout_rows]
         chosen = score(model, tokenizer, prompts, [r["chosen"] for r in heldout_rows],
                        cfg.resample.score_batch_size, cfg.rm.max_length, cfg.model.bf16)
         rejected = score(model, tokenizer, prompts, [r["rejected"] for r in heldout_rows],
@@ -71,7 +69,8 @@ def run_reward(run: Run, train_rows: list[dict], heldout_rows: list[dict]) -> di
         write_json(out_dir / "heldout_scores.json", {"chosen": chosen, "rejected": rejected,
                                                      "subset": [r["subset"] for r in heldout_rows]})
         metrics["heldout"] = heldout_accuracy(chosen, rejected, heldout_rows)
-        return {"train_rows": len(parts["train"]), "validation_rows": len(parts["test"]), **metrics}
+        return {"train_rows": len(parts["train"]), "train_rows_used": len(trainer.train_dataset),
+                "validation_rows": len(parts["test"]), **metrics}
 
     settings = {"rm": cfg.rm.model_dump(), "lora": cfg.model.lora and cfg.model.lora.model_dump(),
                 "bf16": cfg.model.bf16, "data": cfg.data.model_dump(exclude={"data_dir"}), "seed": cfg.seed}

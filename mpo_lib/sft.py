@@ -8,7 +8,7 @@ from datasets import Dataset
 from trl import SFTConfig, SFTTrainer
 
 from .artifacts import Run
-from .data import truncate_prompt
+from .data import fit_row
 from .models import load_stage_model, load_tokenizer, lora_config, save_stage_model
 from .training import train_and_summarise, trainer_args
 
@@ -19,17 +19,16 @@ def run_sft(run: Run, rows: list[dict]) -> dict:
 
     def build(out_dir: Path) -> dict:
         tokenizer = load_tokenizer(run)
-        data = Dataset.from_list([{"prompt": truncate_prompt(tokenizer, r["prompt"], cfg.data.max_prompt_tokens),
-                                   "completion": r["completion"]} for r in rows])
+        data = Dataset.from_list([fit_row(tokenizer, cfg, r) for r in rows])
         trainer = SFTTrainer(
             model=load_stage_model(run, "base"),
             args=trainer_args(SFTConfig, cfg, cfg.sft, out_dir, completion_only_loss=True),
             train_dataset=data, processing_class=tokenizer, peft_config=lora_config(cfg, "CAUSAL_LM"))
         metrics = train_and_summarise(trainer, out_dir)
         save_stage_model(trainer.model, out_dir, "base", run)
-        return {"rows": len(rows), **metrics}
+        return {"rows": len(rows), "rows_used": len(trainer.train_dataset), **metrics}
 
     settings = {"sft": cfg.sft.model_dump(), "lora": cfg.model.lora and cfg.model.lora.model_dump(),
-                "bf16": cfg.model.bf16, "max_prompt_tokens": cfg.data.max_prompt_tokens,
+                "bf16": cfg.model.bf16,
                 "data": cfg.data.model_dump(exclude={"data_dir"}), "seed": cfg.seed}
     return run.run_stage("sft", settings, ["base"], build)

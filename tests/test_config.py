@@ -26,6 +26,12 @@ def test_typo_names_file_key_and_nearest_key(tmp_path):
     assert "unknown key 'rm.learning_rte'; did you mean 'rm.learning_rate'?" in str(err.value)
 
 
+def test_typo_inside_a_ppo_variant_is_found():
+    with pytest.raises(ConfigError, match="unknown key 'ppo.variants.mpo.refrence'; did you mean "
+                                          "'ppo.variants.mpo.reference'"):
+        load_config(SMOKE, {"ppo": {"variants": {"mpo": {"refrence": "sft"}}}})
+
+
 def test_wrong_type_names_the_key(tmp_path):
     path = write(tmp_path, SMOKE.read_text().replace("beta: 0.1", "beta: high"))
     with pytest.raises(ConfigError, match=r"params.yaml: dpo.beta: Input should be a valid number"):

@@ -8,6 +8,7 @@ import nbformat
 import pytest
 
 from conftest import ROOT
+from mpo_lib.resample import sizes_by_gamma
 
 
 def test_data_counts(smoke_run):
@@ -35,8 +36,10 @@ def test_split_covers_every_prompt_once(smoke_run):
     split = smoke_run.metrics("split")
     assert split["easy"] + split["hard"] == split["prompts"] == smoke_run.cfg.resample.num_prompts
     assert split["easy"] > 0 and split["hard"] > 0
-    for counts in split["by_gamma"].values():
-        assert counts["easy"] + counts["hard"] == split["prompts"]
+    by_gamma = sizes_by_gamma(smoke_run, [0.0, *smoke_run.cfg.split.report_gammas, 1e9])
+    assert by_gamma["0"]["easy"] <= split["prompts"] and by_gamma["1e+09"] == {"easy": 0, "hard": split["prompts"]}
+    easy_counts = [counts["easy"] for counts in by_gamma.values()]
+    assert easy_counts == sorted(easy_counts, reverse=True)  # a higher gamma never adds easy pairs
 
 
 def test_dpo_starts_at_the_reference_and_moves(smoke_run):
@@ -73,10 +76,10 @@ def test_changed_params_rerun_the_stage_and_keep_the_old_one(smoke_run, tmp_path
 
     copy = tmp_path / "smoke"
     shutil.copytree(smoke_run.path, copy)
-    run = Run(load_config(ROOT / "params" / "smoke.yaml", {"split": {"gamma": 0.01}}), copy)
+    run = Run(load_config(ROOT / "params" / "smoke.yaml", {"split": {"gamma": 0.005}}), copy)
     before = run.metrics("split")
     after = run_split(run)
-    assert after["gamma"] == 0.01 and after["easy"] >= before["easy"]
+    assert after["gamma"] == 0.005 and after["easy"] >= before["easy"]
     superseded = list(copy.glob("split.superseded-*"))
     assert len(superseded) == 1 and json.loads((superseded[0] / "metrics.json").read_text()) == before
 

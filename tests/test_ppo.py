@@ -56,6 +56,9 @@ def test_response_mask_keeps_the_eos_and_drops_what_follows():
     ids = torch.tensor([[5, 6, 2, 0, 0], [5, 6, 7, 8, 9], [5, 0, 0, 0, 0]])
     assert response_mask(ids, eos_id=2, pad_id=0).tolist() == [[1, 1, 1, 0, 0], [1] * 5, [1, 0, 0, 0, 0]]
     assert response_mask(ids, eos_id=0, pad_id=0).tolist()[2] == [1, 1, 0, 0, 0]
+    # cut by the stop string: generate() pads after it, with the EOS id itself when pad == eos
+    assert response_mask(torch.tensor([[5, 6, 2, 2]]), eos_id=2, pad_id=2, stopped=[True]).tolist() == [[1, 1, 0, 0]]
+    assert response_mask(torch.tensor([[5, 6, 2, 2]]), eos_id=2, pad_id=2, stopped=[False]).tolist() == [[1, 1, 1, 0]]
 
 
 def sequences(run):
@@ -85,9 +88,10 @@ def test_two_backbone_lora_layout_matches_separate_models(lora_run):
     shared, separate = build_roles(lora_run, variant), build_roles(lora_run, variant, two_backbones=False)
     assert shared.reference is None and shared.reward is None  # two backbones
     torch.manual_seed(0)
-    for name, param in shared.policy.named_parameters():  # a trained-looking adapter, so the check is not vacuous
-        if "lora_B" in name:
-            param.add_(0.1 * torch.randn_like(param))
+    for model in (shared.policy, shared.critic):  # trained-looking adapters, so the checks are not vacuous
+        for name, param in model.named_parameters():
+            if "lora_B" in name or "modules_to_save" in name:
+                param.add_(0.1 * torch.randn_like(param))
     with shared.reference_context():
         reference = token_logprobs(shared.policy, ids, attention, prompt_length)
         assert not torch.is_grad_enabled()
@@ -96,6 +100,7 @@ def test_two_backbone_lora_layout_matches_separate_models(lora_run):
     with shared.reward_context():
         reward = token_values(shared.critic, ids, attention, prompt_length)
     assert torch.allclose(reward, token_values(separate.reward, ids, attention, prompt_length), atol=1e-5)
+    assert not torch.allclose(reward, token_values(shared.critic, ids, attention, prompt_length), atol=1e-3)
 
 
 def test_non_finite_loss_stops_with_the_step(lora_run, tmp_path):
