@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -87,7 +86,8 @@ def worker(args) -> None:
     with tempfile.TemporaryDirectory() as out_dir:
         train_ppo(run, "bench", variant, Path(out_dir), roles)
         steps = json.loads((Path(out_dir) / "steps.json").read_text())
-    peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    # VmHWM, not getrusage's ru_maxrss: that one keeps the parent's peak across fork + exec
+    peak_kb = int(next(line for line in open("/proc/self/status") if line.startswith("VmHWM")).split()[1])
     print(json.dumps({"step_seconds": [s["step_seconds"] for s in steps], "peak_rss_mb": peak_kb / 1024}))
 
 

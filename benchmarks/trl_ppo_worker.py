@@ -5,7 +5,6 @@ throw-away venv made by ppo_vs_trl.py (TRL 1.12 is never a dependency of the kit
 """
 import json
 import os
-import resource
 import sys
 import time
 
@@ -57,7 +56,8 @@ def main(spec_path: str) -> None:
     trainer = PPOTrainer(args=args, processing_class=tokenizer, model=policy, ref_model=reference,
                          reward_model=reward, value_model=value, train_dataset=prompts, callbacks=[timer])
     trainer.train()
-    peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    # VmHWM, not getrusage's ru_maxrss: that one keeps the parent's peak across fork + exec
+    peak_kb = int(next(line for line in open("/proc/self/status") if line.startswith("VmHWM")).split()[1])
     print(json.dumps({"step_seconds": timer.seconds, "peak_rss_mb": peak_kb / 1024}))
 
 

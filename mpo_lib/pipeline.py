@@ -40,7 +40,37 @@ def run_pipeline(params_file: str, run_dir: str | None = None, until: str | None
             str(notebook), str(out_dir / notebook.name), cwd=str(PROJECT_ROOT), progress_bar=False,
             parameters={"params_file": str(Path(params_file).resolve()), "run_dir": str(run.path)})
         print(f"[{index}/{len(selected)}] {notebook.name} done in {time.time() - started:.0f}s", flush=True)
+    for line in summary(run):
+        print(line)
     for path in copy_to_repository(run):
         print(f"figure published: {path}")
     print(f"run directory: {run.path}")
     return run.path
+
+
+def summary(run: Run) -> list[str]:
+    """The headline numbers of the finished stages, one line each."""
+    lines = []
+    if run.is_complete("rm"):
+        heldout = run.metrics("rm")["heldout"]
+        for subset, result in heldout.items():
+            if subset == "all" and len(heldout) == 2:  # one subset: "all" repeats it
+                continue
+            lines.append(f"RM held-out accuracy ({subset}, {result['pairs']} pairs): {result['rm_accuracy']:.1%} "
+                         f"vs 'shorter response wins' {result['shorter_wins_accuracy']:.1%} (paper: 73%)")
+    if run.is_complete("split"):
+        split = run.metrics("split")
+        lines.append(f"split at gamma={split['gamma']:g}: |D^e|={split['easy']} |D^h|={split['hard']} "
+                     f"of {split['prompts']} prompts")
+    for stage in ("dpo", "dpo_full", "dpo_base"):
+        if run.is_complete(stage):
+            dpo = run.metrics(stage)
+            lines.append(f"{stage}: {dpo['pairs']} pairs, loss {dpo['train_loss_first']:.3f} -> "
+                         f"{dpo['train_loss_last']:.3f}, reward margin {dpo['reward_margin_last']:+.3f}")
+    for stage in (run.cfg.ppo.variants if run.cfg.ppo else {}):
+        if run.is_complete(stage):
+            ppo = run.metrics(stage)
+            lines.append(f"{stage}: reward {ppo['reward_first_quarter']:+.3f} (first quarter) -> "
+                         f"{ppo['reward_last_quarter']:+.3f} (last quarter), KL {ppo['kl_last_quarter']:.3f}, "
+                         f"{ppo['step_seconds_mean']:.0f} s/step")
+    return lines

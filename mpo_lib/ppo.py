@@ -156,11 +156,13 @@ def token_logprobs(model, input_ids, attention_mask, prompt_length: int, with_en
     # would be most of the memory of a step
     logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions(attention_mask),
                    logits_to_keep=response_length + 1).logits[:, :-1].float()
-    logp_all = F.log_softmax(logits, -1)
-    logprobs = logp_all.gather(-1, input_ids[:, prompt_length:, None]).squeeze(-1)
+    # gather - logsumexp keeps one vocabulary-sized tensor for backward, where log_softmax keeps two
+    logprobs = logits.gather(-1, input_ids[:, prompt_length:, None]).squeeze(-1) - logits.logsumexp(-1)
     if not with_entropy:
         return logprobs
-    return logprobs, -(logp_all.exp() * logp_all).sum(-1)
+    with torch.no_grad():  # a statistic: no graph through the vocabulary
+        logp_all = F.log_softmax(logits, -1)
+        return logprobs, -(logp_all.exp() * logp_all).sum(-1)
 
 
 def token_values(critic, input_ids, attention_mask, prompt_length: int):
@@ -307,6 +309,19 @@ class Trainer:
                 **losses}
 
 
+def prompt_batches(prompts: list[str], size: int, seed: int):
+    """Epochs over the prompt set, reshuffled each time (as DeepSpeed-Chat's prompt dataloader), so
+    every prompt is used once before any is used twice."""
+    rng, pending = random.Random(seed), []
+    while True:
+        while len(pending) < size:
+            epoch = list(prompts)
+            rng.shuffle(epoch)
+            pending += epoch
+        yield pending[:size]
+        pending = pending[size:]
+
+
 def train_ppo(run: Run, name: str, variant: PPOVariant, out_dir: Path, roles: Roles | None = None) -> dict:
     from torch.utils.tensorboard import SummaryWriter
 
@@ -319,12 +334,12 @@ def train_ppo(run: Run, name: str, variant: PPOVariant, out_dir: Path, roles: Ro
     torch.manual_seed(cfg.seed)
     trainer = Trainer(run, variant, roles or build_roles(run, variant), out_dir)
     writer = SummaryWriter(str(out_dir / "tensorboard"))
-    rng = random.Random(cfg.seed)
+    batches = prompt_batches(prompts, spec.rollout_batch_size, cfg.seed)
     history = []
     with open(out_dir / "samples.jsonl", "w") as samples:
         for step in tqdm(range(1, spec.max_steps + 1), desc=name):
             started = time.time()
-            batch = trainer.rollout(rng.sample(prompts, spec.rollout_batch_size))
+            batch = trainer.rollout(next(batches))
             losses = trainer.update(batch, step)
             metrics = trainer.step_metrics(step, batch, losses, time.time() - started)
             trainer.adapt_kl(metrics["kl_to_reference"])

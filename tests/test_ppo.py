@@ -121,3 +121,13 @@ def test_smoke_ppo_trains_both_variants(smoke_run):
         assert math.isfinite(metrics["kl_last_quarter"]) and math.isfinite(metrics["reward_last_quarter"])
     assert smoke_run.metrics("mpo")["prompts"] == smoke_run.metrics("split")["hard"]
     assert (smoke_run.path / "figures" / "ppo_reward_kl.png").exists()
+
+
+def test_prompt_batches_use_every_prompt_before_repeating_one():
+    from mpo_lib.ppo import prompt_batches
+
+    batches = prompt_batches([f"p{i}" for i in range(10)], 4, seed=0)
+    first = [next(batches) for _ in range(5)]  # 20 prompts: exactly two passes
+    flat = [p for batch in first for p in batch]
+    assert all(len(batch) == 4 for batch in first)
+    assert sorted(flat[:10]) == sorted(f"p{i}" for i in range(10)) == sorted(flat[10:])
