@@ -51,11 +51,15 @@ def run_dpo(run: Run, offline_rows: list[dict]) -> dict:
             train_dataset=data, processing_class=tokenizer, peft_config=peft)
         metrics = train_and_summarise(trainer, out_dir)
         steps = [e for e in trainer.state.log_history if "rewards/margins" in e]
+        # the logged margins of a one-epoch run are on pairs not yet trained on; after training, the
+        # margin over the same pairs says whether the policy moved towards the preferred responses
+        after = trainer.evaluate(data)
         save_stage_model(trainer.model, out_dir, "sft", run)
         return {"pairs": len(pairs), "data": cfg.dpo.data, **metrics,
                 "reward_margin_first": steps[0]["rewards/margins"] if steps else None,
                 "reward_margin_last": steps[-1]["rewards/margins"] if steps else None,
-                "reward_accuracy_last": steps[-1].get("rewards/accuracies") if steps else None}
+                "reward_margin_after": after["eval_rewards/margins"],
+                "reward_accuracy_after": after["eval_rewards/accuracies"]}
 
     settings = {"dpo": cfg.dpo.model_dump(), "lora": cfg.model.lora and cfg.model.lora.model_dump(),
                 "bf16": cfg.model.bf16, "seed": cfg.seed, "data": cfg.data.model_dump(exclude={"data_dir"})}

@@ -40,7 +40,9 @@ def pairs_by_gap(run: Run, edges: list[float]) -> list[dict]:
 
 def _bar(rows: list[dict], key: str, ylabel: str, title: str, path) -> None:
     fig, ax = plt.subplots(figsize=(4.5, 3.2))
-    ax.bar([r["bin"] for r in rows], [r[key] or 0 for r in rows], color="#4c72b0")
+    bars = ax.bar([r["bin"] for r in rows], [r[key] or 0 for r in rows], color="#4c72b0")
+    ax.bar_label(bars, labels=[f"n={r['pairs']}" for r in rows], fontsize=8)
+    ax.set_ylim(0, 1.15 * max([r[key] or 0 for r in rows] + [1e-9]))
     ax.set_xlabel("reward difference |r(y1) - r(y2)|")
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=10)

@@ -66,7 +66,8 @@ def summary(run: Run) -> list[str]:
         if run.is_complete(stage):
             dpo = run.metrics(stage)
             lines.append(f"{stage}: {dpo['pairs']} pairs, loss {dpo['train_loss_first']:.3f} -> "
-                         f"{dpo['train_loss_last']:.3f}, reward margin {dpo['reward_margin_last']:+.3f}")
+                         f"{dpo['train_loss_last']:.3f}; after training, reward margin {dpo['reward_margin_after']:+.3f} "
+                         f"and accuracy {dpo['reward_accuracy_after']:.0%} on its pairs")
     for stage in (run.cfg.ppo.variants if run.cfg.ppo else {}):
         if run.is_complete(stage):
             ppo = run.metrics(stage)

@@ -48,6 +48,7 @@ def test_dpo_starts_at_the_reference_and_moves(smoke_run):
     assert metrics["reward_margin_first"] == 0.0  # step 1: policy == reference (SFT), so the margin is exactly 0
     assert math.isfinite(metrics["reward_margin_last"]) and metrics["reward_margin_last"] != 0.0
     assert metrics["train_loss_first"] == pytest.approx(math.log(2), abs=1e-4)
+    assert metrics["reward_margin_after"] > 0  # trained on D^e, the policy prefers its chosen responses
 
 
 def test_figures_and_executed_notebooks_are_in_the_run(smoke_run):
