@@ -80,7 +80,7 @@ def worker(args) -> None:
 
     torch.set_num_threads(os.cpu_count() or 1)
     spec = json.loads(args.worker_spec)
-    run = config(Path(spec["run_dir"]), spec["params"], spec["ppo"])
+    run = config(Path(spec["run_dir"]), spec["params"], spec["ppo"], spec.get("overrides"))
     variant = run.cfg.ppo.variants["bench"]
     roles = build_roles(run, variant, two_backbones=spec.get("two_backbones"))
     with tempfile.TemporaryDirectory() as out_dir:
@@ -107,7 +107,9 @@ def compare_with_trl(steps: int, workdir: Path) -> tuple[float, float]:
     from mpo_lib.models import load_tokenizer
     from mpo_lib.ppo import ppo_prompts
 
-    run = config(workdir / "tiny", "params/smoke.yaml", {**TINY_PPO, "max_steps": steps})
+    # TRL stops only at EOS: no stop string on our side either, so both generate the same way
+    same_stop = {"resample": {"stop": ""}}
+    run = config(workdir / "tiny", "params/smoke.yaml", {**TINY_PPO, "max_steps": steps}, same_stop)
     build_stages(run)
     for stage in ("sft", "rm"):
         assert json.loads((run.stage_dir(stage) / "model.json").read_text())["kind"] == "full"
@@ -122,7 +124,8 @@ def compare_with_trl(steps: int, workdir: Path) -> tuple[float, float]:
     spec_path = workdir / "trl_spec.json"
     spec_path.write_text(json.dumps(spec))
     trl = run_worker([str(trl_python()), str(ROOT / "benchmarks" / "trl_ppo_worker.py"), str(spec_path)])
-    mine = ours({"run_dir": str(run.path), "params": "params/smoke.yaml", "ppo": {**TINY_PPO, "max_steps": steps}})
+    mine = ours({"run_dir": str(run.path), "params": "params/smoke.yaml", "ppo": {**TINY_PPO, "max_steps": steps},
+                 "overrides": same_stop})
     median = lambda seconds: statistics.median(seconds[1:] or seconds)
     for name, result in (("kit PPO", mine), ("TRL 1.12 PPOTrainer", trl)):
         print(f"{name}: {median(result['step_seconds']) * 1000:.0f} ms/step (median of steps 2-{steps}), "
