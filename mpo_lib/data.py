@@ -185,15 +185,16 @@ def sft_rows(cfg: Config, splits: Splits) -> list[dict]:
     return [{"prompt": row["prompt"], "completion": row["chosen"]} for row in splits.train]
 
 
+def _truncate(tokenizer, text: str, max_tokens: int, keep_end: bool) -> str:
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    if len(ids) <= max_tokens:
+        return text
+    return tokenizer.decode(ids[-max_tokens:] if keep_end else ids[:max_tokens])
+
+
 def truncate_prompt(tokenizer, prompt: str, max_tokens: int) -> str:
     """Keep the end of a long dialogue: the last turns are what the response answers."""
-    ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-    return prompt if len(ids) <= max_tokens else tokenizer.decode(ids[-max_tokens:])
-
-
-def truncate_response(tokenizer, response: str, max_tokens: int) -> str:
-    ids = tokenizer(response, add_special_tokens=False)["input_ids"]
-    return response if len(ids) <= max_tokens else tokenizer.decode(ids[:max_tokens])
+    return _truncate(tokenizer, prompt, max_tokens, keep_end=True)
 
 
 def fit_row(tokenizer, cfg: Config, row: dict) -> dict:
@@ -202,7 +203,7 @@ def fit_row(tokenizer, cfg: Config, row: dict) -> dict:
     fitted = {"prompt": truncate_prompt(tokenizer, row["prompt"], cfg.data.max_prompt_tokens)}
     for key in ("chosen", "rejected", "completion"):
         if key in row:
-            fitted[key] = truncate_response(tokenizer, row[key], cfg.data.max_response_tokens)
+            fitted[key] = _truncate(tokenizer, row[key], cfg.data.max_response_tokens, keep_end=False)
     return fitted
 
 

@@ -210,11 +210,9 @@ class Trainer:
         output, prompt_mask, prompt_length = sample_batch(roles.policy, tok, prompts, 1, spec.max_new_tokens,
                                                           spec.temperature, spec.top_p, self.cfg.resample.stop)
         generation_seconds = time.time() - started
-        stop = self.cfg.resample.stop
-        stopped = [bool(stop) and stop in text for text in tok.batch_decode(output[:, prompt_length:])]
+        responses, stopped = decode_responses(tok, output, prompt_length, self.cfg.resample.stop)
         mask = response_mask(output[:, prompt_length:], tok.eos_token_id, tok.pad_token_id, stopped)
         attention = torch.cat([prompt_mask, torch.ones_like(mask, dtype=prompt_mask.dtype)], 1)
-        responses = decode_responses(tok, output, prompt_length, stop)
         for model in (roles.policy, roles.critic):
             model.eval()
         with self.autocast:
@@ -262,20 +260,21 @@ class Trainer:
                                                        batch["prompt_length"], with_entropy=True)
                 actor_loss, ratio, clip_fraction = policy_loss(logprobs, mb["logprobs"], mb["advantages"], mb["mask"],
                                                                spec.cliprange)
-                self._check(actor_loss, ratio, mb["mask"], step)
+                max_ratio = (ratio * mb["mask"]).max().item()
+                self._check(actor_loss, max_ratio, step)
                 actor_loss.backward()
                 self._step(0)
                 with self.autocast:
                     values = token_values(roles.critic, mb["input_ids"], mb["attention_mask"], batch["prompt_length"])
                 critic_loss = value_loss(values, mb["values"], mb["returns"], mb["mask"], spec.cliprange_value)
-                self._check(critic_loss, None, mb["mask"], step)
+                self._check(critic_loss, None, step)
                 critic_loss.backward()
                 self._step(1)
                 stats["policy_loss"].append(actor_loss.item())
                 stats["value_loss"].append(critic_loss.item())
                 stats["clip_fraction"].append(clip_fraction.item())
                 stats["entropy"].append(masked_mean(entropy.detach(), mb["mask"]).item())
-                stats["max_ratio"].append((ratio * mb["mask"]).max().item())
+                stats["max_ratio"].append(max_ratio)
         for scheduler in self.schedulers:
             scheduler.step()
         return {k: (max(v) if k == "max_ratio" else sum(v) / len(v)) for k, v in stats.items()}
@@ -286,13 +285,13 @@ class Trainer:
         self.optimizers[which].step()
         self.optimizers[which].zero_grad(set_to_none=True)
 
-    def _check(self, loss, ratio, mask, step: int) -> None:
+    def _check(self, loss, max_ratio: float | None, step: int) -> None:
         checkpoint = self.out_dir / "checkpoint"
         where = f"the last good checkpoint is {checkpoint}" if checkpoint.exists() else "no checkpoint was written yet"
         if not torch.isfinite(loss):
             raise PPOFault(f"PPO step {step}: the loss is {loss.item()}; {where}")
-        if ratio is not None and (ratio * mask).max().item() > self.spec.max_ratio:
-            raise PPOFault(f"PPO step {step}: probability ratio {(ratio * mask).max().item():.3g} exceeds "
+        if max_ratio is not None and max_ratio > self.spec.max_ratio:
+            raise PPOFault(f"PPO step {step}: probability ratio {max_ratio:.3g} exceeds "
                            f"ppo.max_ratio={self.spec.max_ratio}; {where}")
 
     def adapt_kl(self, kl: float) -> None:

@@ -77,9 +77,11 @@ def sample_batch(model, tokenizer, prompts: list[str], num_samples: int, max_new
     return torch.cat([prompt_ids, responses], 1), prompt_mask, prompt_ids.shape[1]
 
 
-def decode_responses(tokenizer, output, prompt_length: int, stop: str | None) -> list[str]:
+def decode_responses(tokenizer, output, prompt_length: int, stop: str | None) -> tuple[list[str], list[bool]]:
+    """The response texts, cut at `stop`, and whether `stop` is what ended each one."""
     texts = tokenizer.batch_decode(output[:, prompt_length:], skip_special_tokens=True)
-    return [text.split(stop)[0] if stop else text for text in texts]
+    stopped = [bool(stop) and stop in text for text in texts]
+    return [text.split(stop)[0] if cut else text for text, cut in zip(texts, stopped)], stopped
 
 
 def generate(model, tokenizer, prompts: list[str], num_samples: int, max_new_tokens: int,
@@ -94,7 +96,7 @@ def generate(model, tokenizer, prompts: list[str], num_samples: int, max_new_tok
         chunk = order[start:start + batch_size]
         output, _, prompt_length = sample_batch(model, tokenizer, [prompts[i] for i in chunk], num_samples,
                                                 max_new_tokens, temperature, top_p, stop)
-        for k, text in enumerate(decode_responses(tokenizer, output, prompt_length, stop)):
+        for k, text in enumerate(decode_responses(tokenizer, output, prompt_length, stop)[0]):
             results[chunk[k // num_samples]].append(text)
     return results
 

@@ -30,7 +30,7 @@ def test_a_sequence_leaves_the_batch_at_the_stop_string():
     model, tokenizer = stories()
     torch.manual_seed(0)
     ids, _, prompt_length = sample_batch(model, tokenizer, PROMPTS, 2, 40, stop=".")
-    texts = decode_responses(tokenizer, ids, prompt_length, ".")
+    texts, _ = decode_responses(tokenizer, ids, prompt_length, ".")
     raw = tokenizer.batch_decode(ids[:, prompt_length:], skip_special_tokens=True)
     for text, full, row in zip(texts, raw, ids[:, prompt_length:]):
         assert "." not in text

@@ -109,9 +109,9 @@ def test_non_finite_loss_stops_with_the_step(lora_run, tmp_path):
     variant = PPOVariant(init="dpo", reference="dpo")
     trainer = Trainer(lora_run, variant, build_roles(lora_run, variant), tmp_path)
     with pytest.raises(PPOFault, match="PPO step 7: the loss is nan; no checkpoint was written yet"):
-        trainer._check(torch.tensor(float("nan")), None, torch.ones(1, 1), step=7)
+        trainer._check(torch.tensor(float("nan")), None, step=7)
     with pytest.raises(PPOFault, match="PPO step 3: probability ratio 50 exceeds ppo.max_ratio=10"):
-        trainer._check(torch.tensor(0.1), torch.tensor([[50.0]]), torch.ones(1, 1), step=3)
+        trainer._check(torch.tensor(0.1), 50.0, step=3)
 
 
 def test_smoke_ppo_trains_both_variants(smoke_run):
