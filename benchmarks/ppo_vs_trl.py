@@ -8,7 +8,8 @@ the two-backbone LoRA layout against four separate models on SmolLM2-135M.
    rate; each trainer in its own process. TRL 1.12 lives in a throw-away venv ($MPO_TRL112_VENV or
    .bench/trl112),
    never a dependency of the kit. Step time is the median over steps after the first.
-2. SmolLM2-135M with LoRA, one PPO step of 8 prompts x 64 new tokens, in two processes: four roles
+2. SmolLM2-135M with LoRA, one PPO step of 8 prompts x 64 new tokens (micro-batches of 2, gradient
+   checkpointing), in two processes: four roles
    on two backbones (the kit's default) and four separate models. Uses the stages of
    --smollm-run-dir when they are finished, otherwise builds short ones.
 
@@ -33,8 +34,10 @@ os.environ.setdefault("MPO_DATA_DIR", str(ROOT.parent / "shared" / "data"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 TRL_PACKAGES = ["trl==1.12.0", "transformers==5.24.0", "accelerate==1.15.0", "datasets==5.2.0"]
+# TRL's worker runs without gradient checkpointing, one micro-batch per mini-batch: so do we here
 TINY_PPO = {"rollout_batch_size": 8, "mini_batch_size": 8, "ppo_epochs": 1, "max_new_tokens": 16,
-            "actor_lr": 1e-5, "critic_lr": 1e-5, "init_kl_coef": 0.05, "temperature": 1.0}
+            "actor_lr": 1e-5, "critic_lr": 1e-5, "init_kl_coef": 0.05, "temperature": 1.0,
+            "gradient_checkpointing": False}
 
 
 def trl_python() -> Path:
@@ -134,8 +137,9 @@ def compare_with_trl(steps: int, workdir: Path) -> tuple[float, float]:
 
 
 def compare_layouts(run_dir: Path | None, workdir: Path) -> float:
-    smollm_ppo = {"rollout_batch_size": 8, "mini_batch_size": 8, "max_new_tokens": 64, "actor_lr": 1e-4,
-                  "critic_lr": 1e-4, "max_steps": 1}
+    # micro-batches of 2 (Table 8's per-device PPO batch for HH) and gradient checkpointing (the default)
+    smollm_ppo = {"rollout_batch_size": 8, "mini_batch_size": 8, "micro_batch_size": 2, "max_new_tokens": 64,
+                  "actor_lr": 1e-4, "critic_lr": 1e-4, "max_steps": 1}
     finished = run_dir and all((run_dir / s / "COMPLETE").exists() for s in ("sft", "rm", "resample"))
     if not finished:  # short stages: only memory is measured here
         run_dir = workdir / "smollm"

@@ -1,6 +1,12 @@
 """MPO reproduction kit: the thin library the notebooks call. One module per concern:
 config (params), data, models, artifacts (run directory), one module per stage
 (stats, sft, reward, resample, dpo), figures, pipeline (papermill) and the CLI."""
+import sys
+
+# peft imports bitsandbytes whenever it is installed (~120 MB resident and a second in every process);
+# the kit has no 4-bit path that needs it, so its processes see it as not installed (find_spec -> None)
+sys.modules.setdefault("bitsandbytes", None)
+
 from .artifacts import Run
 from .config import Config, ConfigError, load_config, notebook_config
 

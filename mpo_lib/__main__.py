@@ -4,14 +4,13 @@ from __future__ import annotations
 import argparse
 import sys
 
+from .artifacts import DiskFull, Run
 from .config import ConfigError, load_config
-from .data import DataError, load_preferences
+from .data import DataError, corpus, load_preferences
 
 
 def data_command(args) -> None:
     """Table 1 counts, drops per reason and token lengths, as in notebook 00."""
-    from .artifacts import Run
-    from .data import corpus
     from .models import prepare_base
     from .stats import run_data_stats, table1
 
@@ -21,6 +20,9 @@ def data_command(args) -> None:
     prepare_base(run, corpus(cfg, splits))
     metrics = run_data_stats(run, splits)
     print(table1(metrics).to_string())
+    for part in metrics["files"].values():
+        for reason, lines in part.get("first_dropped_lines", {}).items():
+            print(f"{part['file']}: {part['dropped'][reason]} dropped as {reason}, first at lines {lines}")
     print(f"training rows: {metrics['train_rows']}  held out: {metrics['heldout_rows']}")
     for name, summary in metrics["token_lengths"].items():
         print(f"{name} tokens: " + "  ".join(f"{k}={v:.0f}" for k, v in summary.items()))
@@ -45,7 +47,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     try:
         args.handler(args)
-    except (ConfigError, DataError) as exc:
+    except (ConfigError, DataError, DiskFull) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0

@@ -2,20 +2,30 @@
 COMPLETE marker written last. A stage is built in <stage>.partial/ and renamed into place,
 so a stage folder without its marker never exists; a finished stage with the same config
 hash is reused, and a finished stage with another hash is moved aside, never overwritten.
+A killed attempt leaves <stage>.partial/ with its checkpoints; the next attempt with the same
+config hash resumes from them, one with another hash starts afresh.
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from .config import PROJECT_ROOT, Config
 
 MARKER = "COMPLETE"
+# what a killed attempt leaves for the next one with the same config: TRL's checkpoints (trainer/)
+# and PPO's (checkpoint/); everything else in <stage>.partial is rebuilt, and these go once it completes
+RESUME_STATE = ("trainer", "checkpoint")
+
+
+class DiskFull(OSError):
+    """The disk filled up while a stage was writing; what was finished before is intact."""
 
 
 def config_hash(payload: dict) -> str:
@@ -25,12 +35,35 @@ def config_hash(payload: dict) -> str:
 def write_json(path: Path, payload) -> None:
     """Write JSON atomically (temp file + rename), so a killed process never leaves half a file."""
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True, default=str))
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(json.dumps(payload, indent=2, sort_keys=True, default=str))
+        os.replace(tmp, path)
+    finally:  # a failed write (disk full) leaves neither half a file nor a stray .tmp
+        tmp.unlink(missing_ok=True)
 
 
 def read_json(path: Path):
     return json.loads(Path(path).read_text())
+
+
+def announce_resume(out_dir: Path, step: int, checkpoint: Path) -> None:
+    """The one line a stage prints when it continues an interrupted attempt."""
+    print(f"[{out_dir.name.removesuffix('.partial')}] resuming an interrupted attempt with the same config "
+          f"at step {step}, from {checkpoint}", flush=True)
+
+
+def _marker(folder: Path) -> str | None:
+    """The config hash a folder was completed with, if it was."""
+    return (folder / MARKER).read_text().strip() if (folder / MARKER).exists() else None
+
+
+def _is_disk_full(exc: BaseException | None) -> bool:
+    """ENOSPC anywhere in the chain; safetensors and torch report it only in their message."""
+    while exc is not None:
+        if (isinstance(exc, OSError) and exc.errno == errno.ENOSPC) or "No space left on device" in str(exc):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
 
 
 class Run:
@@ -87,23 +120,50 @@ class Run:
         upstream_hashes = {name: (self.require(name) / MARKER).read_text().strip() for name in upstream}
         digest = config_hash({"stage": stage, "settings": settings, "upstream": upstream_hashes})
         final = self.stage_dir(stage)
-        if (final / MARKER).exists() and (final / MARKER).read_text().strip() == digest:
+        if _marker(final) == digest:
             print(f"[{stage}] finished earlier with the same config ({digest}): reusing {final}")
             return read_json(final / "metrics.json")
 
         partial = self.path / f"{stage}.partial"
-        shutil.rmtree(partial, ignore_errors=True)
-        partial.mkdir(parents=True)
-        write_json(partial / "config.json", {"settings": settings, "upstream": upstream_hashes, "hash": digest})
-        started = time.time()
-        metrics = build(partial)
-        metrics["wall_seconds"] = round(time.time() - started, 1)
-        write_json(partial / "metrics.json", metrics)
-        (partial / MARKER).write_text(digest + "\n")
-        if final.exists():  # a finished stage with other settings: keep it, out of the way
-            stamp, n = time.strftime("%Y%m%d-%H%M%S"), 0
-            while (self.path / f"{stage}.superseded-{stamp}-{n}").exists():
-                n += 1
-            final.rename(self.path / f"{stage}.superseded-{stamp}-{n}")
-        partial.rename(final)
-        return metrics
+        try:
+            if _marker(partial) != digest:
+                self._prepare_partial(partial, {"settings": settings, "upstream": upstream_hashes, "hash": digest})
+                started = time.time()
+                metrics = build(partial)
+                metrics["wall_seconds"] = round(time.time() - started, 1)
+                for name in RESUME_STATE:  # only needed to resume; a finished stage never does
+                    shutil.rmtree(partial / name, ignore_errors=True)
+                write_json(partial / "metrics.json", metrics)
+                (partial / MARKER).write_text(digest + "\n")
+            # else: killed after its marker, before the rename below; the attempt is finished
+            if final.exists():  # a finished stage with other settings: keep it, out of the way
+                stamp, n = time.strftime("%Y%m%d-%H%M%S"), 0
+                while (self.path / f"{stage}.superseded-{stamp}-{n}").exists():
+                    n += 1
+                final.rename(self.path / f"{stage}.superseded-{stamp}-{n}")
+            partial.rename(final)
+        except Exception as exc:
+            if not _is_disk_full(exc):
+                raise
+            where = getattr(exc, "filename", None) or partial
+            raise DiskFull(errno.ENOSPC, f"[{stage}] the disk is full: writing {where} failed "
+                           f"({shutil.disk_usage(self.path).free / 2**20:.0f} MiB free). The finished stages in "
+                           f"{self.path} are intact; free some space and run again: {stage} resumes from its "
+                           f"last checkpoint in {partial}") from exc
+        return read_json(final / "metrics.json")
+
+    @staticmethod
+    def _prepare_partial(partial: Path, record: dict) -> None:
+        """Keep an interrupted attempt's checkpoints when its config hash is this attempt's; otherwise
+        (another config, or no readable record) start from an empty folder."""
+        try:
+            same = read_json(partial / "config.json")["hash"] == record["hash"]
+        except (OSError, ValueError, KeyError):
+            same = False
+        if not same:
+            shutil.rmtree(partial, ignore_errors=True)
+        partial.mkdir(parents=True, exist_ok=True)
+        for path in partial.iterdir():
+            if path.name not in RESUME_STATE:
+                shutil.rmtree(path) if path.is_dir() else path.unlink()
+        write_json(partial / "config.json", record)

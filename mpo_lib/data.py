@@ -34,24 +34,34 @@ def split_dialogue(dialogue: str) -> tuple[str, str] | None:
 
 @dataclass
 class Loaded:
-    rows: list[dict]
+    """The usable rows of one file, and what was dropped: a count per reason, and the first lines."""
+    source: str
+    rows: list[dict] = field(default_factory=list)
     read: int = 0
     dropped: Counter = field(default_factory=Counter)
+    dropped_lines: dict[str, list[int]] = field(default_factory=dict)
+
+    def drop(self, reason: str, line_no: int) -> None:
+        self.dropped[reason] += 1
+        if len(lines := self.dropped_lines.setdefault(reason, [])) < 10:  # enough to find the pattern
+            lines.append(line_no)
 
 
 def parse_hh_rows(records, subset: str, where: str) -> Loaded:
-    out = Loaded(rows=[])
+    """A malformed record is an error. A well-formed dialogue that makes no preference pair (the HH
+    test files hold 8 with an empty response) is dropped, counted, and its line kept."""
+    out = Loaded(where)
     for line_no, record in records:
         out.read += 1
         if not isinstance(record.get("chosen"), str) or not isinstance(record.get("rejected"), str):
             raise DataError(f"{where}:{line_no}: 'chosen' and 'rejected' must be strings")
         chosen, rejected = split_dialogue(record["chosen"]), split_dialogue(record["rejected"])
         if chosen is None or rejected is None:
-            out.dropped["no_assistant_turn"] += 1
+            out.drop("no_assistant_turn", line_no)
         elif chosen[0] != rejected[0]:
-            out.dropped["prompts_differ"] += 1
+            out.drop("prompts_differ", line_no)
         elif not chosen[1].strip() or not rejected[1].strip():
-            out.dropped["empty_response"] += 1
+            out.drop("empty_response", line_no)
         else:
             out.rows.append({"prompt": chosen[0], "chosen": chosen[1], "rejected": rejected[1], "subset": subset})
     return out
@@ -101,11 +111,11 @@ def load_tldr_subset(cfg: Config, subset: str, split: str) -> Loaded:
         if not path.exists():
             raise DataError(f"{path}: missing (data.subsets has {subset!r}; expected tldr/comparisons/<batch>.json)")
         records, where = _read_jsonl(path), str(path)
-    out = Loaded(rows=[])
+    out = Loaded(where)
     for line_no, record in records:
         out.read += 1
         if not record.get("info", {}).get("post"):  # the hub's validation split mixes in CNN/DM articles
-            out.dropped["no_reddit_post"] += 1
+            out.drop("no_reddit_post", line_no)
             continue
         try:
             texts = [summary["text"].strip() for summary in record["summaries"]]
@@ -114,7 +124,7 @@ def load_tldr_subset(cfg: Config, subset: str, split: str) -> Loaded:
         except (KeyError, IndexError, TypeError, AttributeError) as exc:
             raise DataError(f"{where}:{line_no}: not a comparison record ({exc!r})") from None
         if not chosen or not rejected:
-            out.dropped["empty_response"] += 1
+            out.drop("empty_response", line_no)
         else:
             out.rows.append({"prompt": prompt, "chosen": " " + chosen, "rejected": " " + rejected, "subset": subset})
     return out
@@ -145,19 +155,27 @@ def load_preferences(cfg: Config) -> Splits:
     load_subset = load_tldr_subset if cfg.data.dataset == "tldr" else load_hh_subset
     train, heldout, loaded = [], [], {}
     for subset in cfg.data.subsets:
-        part = load_subset(cfg, subset, cfg.data.train_split)
+        part = _usable(load_subset(cfg, subset, cfg.data.train_split))
         loaded[f"{subset}/{cfg.data.train_split}"] = part
         if cfg.data.train_split == cfg.data.eval_split:
             rows, held = _holdout(part.rows, cfg, cfg.data.holdout)
         else:
             rows = _shuffled(part.rows, cfg.seed)
-            evaluation = load_subset(cfg, subset, cfg.data.eval_split)
+            evaluation = _usable(load_subset(cfg, subset, cfg.data.eval_split))
             loaded[f"{subset}/{cfg.data.eval_split}"] = evaluation
             held = evaluation.rows[: cfg.data.holdout or None]
         train += rows[: cfg.data.max_train_rows]
         heldout += held
     # mixed across subsets, so that a cap on rows later (sft.max_rows, ...) samples every subset
     return Splits(_shuffled(train, cfg.seed), _shuffled(heldout, cfg.seed), _report(loaded))
+
+
+def _usable(part: Loaded) -> Loaded:
+    if not part.rows:
+        raise DataError(f"{part.source}: no usable rows ({part.read} read"
+                        + "".join(f"; {n} dropped as {reason}, lines {part.dropped_lines[reason]}"
+                                  for reason, n in part.dropped.items()) + ")")
+    return part
 
 
 def _shuffled(rows: list[dict], seed: int) -> list[dict]:
@@ -174,8 +192,8 @@ def _holdout(rows: list[dict], cfg: Config, size: int) -> tuple[list[dict], list
 
 
 def _report(loaded: dict[str, Loaded]) -> dict:
-    return {name: {"read": part.read, "kept": len(part.rows), "dropped": dict(part.dropped)}
-            for name, part in loaded.items()}
+    return {name: {"file": part.source, "read": part.read, "kept": len(part.rows), "dropped": dict(part.dropped),
+                   "first_dropped_lines": part.dropped_lines} for name, part in loaded.items()}
 
 
 def sft_rows(cfg: Config, splits: Splits) -> list[dict]:

@@ -64,12 +64,13 @@ def plot_fig2_right(run: Run, rows: list[dict]):
 
 
 def copy_to_repository(run: Run) -> list:
-    """Profiles with copy_figures: true publish their figures under the repository's figures/."""
+    """Profiles with copy_figures: true publish their figures (and tables.md) under the repository's figures/."""
     if not run.cfg.copy_figures:
         return []
     target = PROJECT_ROOT / "figures"
     target.mkdir(exist_ok=True)
-    return [shutil.copy2(path, target / path.name) for path in sorted((run.path / "figures").glob("*.png"))]
+    published = [path for path in sorted((run.path / "figures").iterdir()) if path.suffix in (".png", ".md")]
+    return [shutil.copy2(path, target / path.name) for path in published]
 
 
 def plot_token_lengths(run: Run):

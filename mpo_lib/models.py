@@ -7,16 +7,19 @@ LoRA run stores each stage once (a few MB) and still knows exactly what it was t
 """
 from __future__ import annotations
 
+import difflib
 import importlib.util
 import os
+import warnings
 from pathlib import Path
 
 import torch
-from transformers import (AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer,
+from huggingface_hub import constants
+from transformers import (AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer,
                           LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast)
 
 from .artifacts import Run, read_json, write_json
-from .config import Config
+from .config import Config, ConfigError
 
 SMOLLM2 = "smollm2-135m-instruct"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
@@ -54,6 +57,23 @@ def smollm2_folder() -> Path:
     return target
 
 
+def base_model_path(cfg: Config) -> str:
+    """Where the pretrained weights are: SmolLM2's cache, a local folder or a hub id. A name that
+    loads from none of these fails here, with the choices, instead of deep inside transformers."""
+    name = cfg.model.name
+    if name == SMOLLM2:
+        return str(smollm2_folder())
+    try:
+        AutoConfig.from_pretrained(name)
+    except OSError:
+        close = difflib.get_close_matches(name, ["tiny", SMOLLM2], n=1)
+        raise ConfigError(
+            f"model.name {name!r} is not 'tiny', {SMOLLM2!r}, a local folder or a hub model"
+            + (" in the local cache (HF_HUB_OFFLINE is set: nothing is downloaded)" if constants.HF_HUB_OFFLINE else "")
+            + (f"; did you mean {close[0]!r}?" if close else "")) from None
+    return name
+
+
 def build_tiny(cfg: Config, texts: list[str], out_dir: Path) -> None:
     """A randomly initialised Llama and a byte-level BPE tokenizer trained on the run's text."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -86,8 +106,7 @@ def prepare_base(run: Run, texts: list[str]) -> dict:
             build_tiny(cfg, texts, out_dir)
             write_json(out_dir / "model.json", {"kind": "full", "path": "model"})
         else:
-            path = str(smollm2_folder()) if cfg.model.name == SMOLLM2 else cfg.model.name
-            write_json(out_dir / "model.json", {"kind": "full", "path": path})
+            write_json(out_dir / "model.json", {"kind": "full", "path": base_model_path(cfg)})
         tokenizer = AutoTokenizer.from_pretrained(_full_path(out_dir))
         return {"model": cfg.model.name, "vocab_size": len(tokenizer)}
 
@@ -108,8 +127,14 @@ def load_tokenizer(run: Run, padding_side: str = "right"):
     tokenizer.padding_side = padding_side
     if tokenizer.pad_token is None and tokenizer.unk_token is not None:
         tokenizer.pad_token = tokenizer.unk_token  # LLaMA-2 ships without one; <unk> is never a target
+    if tokenizer.pad_token is None and tokenizer.eos_token is not None:
+        # SmolLM2 ships so, and cpu_small runs so: SFT masks padding by position and PPO's response
+        # mask keeps the first EOS, so EOS stays a target
+        warnings.warn(f"the tokenizer of {run.cfg.model.name!r} has no pad or unk token: padding with its "
+                      f"EOS token {tokenizer.eos_token!r}", stacklevel=2)
+        tokenizer.pad_token = tokenizer.eos_token
     if tokenizer.pad_token is None:
-        raise ValueError(f"the tokenizer of {run.cfg.model.name!r} has neither a pad nor an unk token; "
+        raise ValueError(f"the tokenizer of {run.cfg.model.name!r} has no pad, unk or EOS token; "
                          "set pad_token in its tokenizer_config.json")
     return tokenizer
 

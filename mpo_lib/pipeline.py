@@ -6,8 +6,9 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from . import evaluation
 from .artifacts import Run
-from .config import PROJECT_ROOT, load_config
+from .config import ABLATIONS, PROJECT_ROOT, DPOVariant, PPOVariant, load_config
 from .figures import copy_to_repository
 
 NOTEBOOKS = PROJECT_ROOT / "notebooks"
@@ -48,6 +49,10 @@ def run_pipeline(params_file: str, run_dir: str | None = None, until: str | None
     return run.path
 
 
+def ablation_stages(cfg, kind) -> list[str]:
+    return [name for name in cfg.ablation_stages() if isinstance(ABLATIONS[name], kind)]
+
+
 def summary(run: Run) -> list[str]:
     """The headline numbers of the finished stages, one line each."""
     lines = []
@@ -62,16 +67,27 @@ def summary(run: Run) -> list[str]:
         split = run.metrics("split")
         lines.append(f"split at gamma={split['gamma']:g}: |D^e|={split['easy']} |D^h|={split['hard']} "
                      f"of {split['prompts']} prompts")
-    for stage in ("dpo", "dpo_full", "dpo_base"):
+    ppo_stages = [*(run.cfg.ppo.variants if run.cfg.ppo else {}), *ablation_stages(run.cfg, PPOVariant)]
+    for stage in ["dpo", *ablation_stages(run.cfg, DPOVariant)]:
         if run.is_complete(stage):
             dpo = run.metrics(stage)
             lines.append(f"{stage}: {dpo['pairs']} pairs, loss {dpo['train_loss_first']:.3f} -> "
                          f"{dpo['train_loss_last']:.3f}; after training, reward margin {dpo['reward_margin_after']:+.3f} "
                          f"and accuracy {dpo['reward_accuracy_after']:.0%} on its pairs")
-    for stage in (run.cfg.ppo.variants if run.cfg.ppo else {}):
+    for stage in ppo_stages:
         if run.is_complete(stage):
             ppo = run.metrics(stage)
             lines.append(f"{stage}: reward {ppo['reward_first_quarter']:+.3f} (first quarter) -> "
                          f"{ppo['reward_last_quarter']:+.3f} (last quarter), KL {ppo['kl_last_quarter']:.3f}, "
                          f"{ppo['step_seconds_mean']:.0f} s/step")
+    for row in evaluation.table3(run):
+        paper = row["paper (table3)"]
+        lines.append(f"Table 3, {row['policy']}: reward {row['reward']:+.3f} {row['95% CI']} on {row['prompts']} "
+                     f"held-out prompts" + (f" (paper: {paper})" if paper is not None else ""))
+    for kind, result in evaluation.judge_summaries(run).items():
+        if not result["judged"]:
+            lines.append(f"Table 4 ({kind} judge): no item judged ({result['failures']} failures)")
+            continue
+        lines.append(f"Table 4 ({kind} judge), {' vs '.join(run.cfg.eval.compare)}: win {result['win']:.1%} "
+                     f"tie {result['tie']:.1%} lose {result['lose']:.1%}, position-consistent {result['consistency']:.1%}")
     return lines

@@ -22,8 +22,10 @@ is the RM's merged weights plus its own adapter, and the reward is that backbone
 disabled. Four roles on two backbones. A reference other than the init stage (MPO-sft-kl) costs
 one more backbone. Full fine-tuning keeps four separate models.
 
-Faults: a non-finite loss or a probability ratio above max_ratio stops the stage with the step;
-the last good checkpoint (every checkpoint_every steps) stays in <stage>.partial/checkpoint.
+Checkpoints and faults: every checkpoint_every steps, <stage>.partial/checkpoint/state.pt holds all
+a step depends on (weights, optimizers, schedulers, kl_coef, reward statistics, RNG, steps so far);
+a killed stage resumes from it and ends as an uninterrupted one would. A non-finite loss or a
+probability ratio above max_ratio stops the stage with the step; the last good checkpoint stays.
 """
 from __future__ import annotations
 
@@ -39,10 +41,10 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .artifacts import Run
-from .config import PPOVariant
+from .artifacts import Run, announce_resume
+from .config import ABLATIONS, PPOVariant
 from .data import truncate_prompt
-from .models import device, load_stage_model, load_tokenizer, lora_config, save_stage_model, save_weights
+from .models import device, load_stage_model, load_tokenizer, lora_config, save_stage_model
 from .resample import decode_responses, load_pairs, load_split, positions, sample_batch
 from .reward import score
 
@@ -202,6 +204,9 @@ class Trainer:
             self.optimizers.append(optimizer)
             self.schedulers.append(get_scheduler("cosine", optimizer, self.spec.warmup_steps, self.spec.max_steps))
         self.autocast = torch.autocast(device().type, dtype=torch.bfloat16, enabled=self.cfg.model.bf16)
+        if self.spec.gradient_checkpointing:  # active in train() mode only: rollouts are unaffected
+            for model in (roles.policy, roles.critic):
+                model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
     @torch.no_grad()
     def rollout(self, prompts: list[str]) -> dict:
@@ -215,14 +220,20 @@ class Trainer:
         attention = torch.cat([prompt_mask, torch.ones_like(mask, dtype=prompt_mask.dtype)], 1)
         for model in (roles.policy, roles.critic):
             model.eval()
-        with self.autocast:
-            logprobs = token_logprobs(roles.policy, output, attention, prompt_length)
-            with roles.reference_context():
-                ref_logprobs = token_logprobs(roles.reference or roles.policy, output, attention, prompt_length)
-            values = token_values(roles.critic, output, attention, prompt_length)
-            with roles.reward_context():
-                scores = torch.tensor(score(roles.reward or roles.critic, tok, prompts, responses, len(prompts),
-                                            self.cfg.rm.max_length, self.cfg.model.bf16), device=output.device)
+        logprobs, ref_logprobs, values, scores = [], [], [], []
+        with self.autocast:  # in micro-batches: the no-grad forwards' peak memory scales with their size
+            for rows in torch.arange(len(prompts)).split(spec.micro_batch):
+                ids, att = output[rows], attention[rows]
+                logprobs.append(token_logprobs(roles.policy, ids, att, prompt_length))
+                with roles.reference_context():
+                    ref_logprobs.append(token_logprobs(roles.reference or roles.policy, ids, att, prompt_length))
+                values.append(token_values(roles.critic, ids, att, prompt_length))
+                with roles.reward_context():
+                    scores += score(roles.reward or roles.critic, tok, [prompts[i] for i in rows],
+                                    [responses[i] for i in rows], len(rows), self.cfg.rm.max_length,
+                                    self.cfg.model.bf16)
+        logprobs, ref_logprobs, values = torch.cat(logprobs), torch.cat(ref_logprobs), torch.cat(values)
+        scores = torch.tensor(scores, device=output.device)
         raw_scores = scores.clone()
         if spec.normalize_reward:
             scores = self._normalise(scores)
@@ -253,27 +264,37 @@ class Trainer:
         for _ in range(spec.ppo_epochs):
             order = torch.randperm(size)
             for start in range(0, size, spec.mini_batch_size):
-                idx = order[start:start + spec.mini_batch_size]
-                mb = {k: v[idx] for k, v in batch.items() if torch.is_tensor(v) and v.dim() > 0 and v.shape[0] == size}
-                with self.autocast:
-                    logprobs, entropy = token_logprobs(roles.policy, mb["input_ids"], mb["attention_mask"],
-                                                       batch["prompt_length"], with_entropy=True)
-                actor_loss, ratio, clip_fraction = policy_loss(logprobs, mb["logprobs"], mb["advantages"], mb["mask"],
-                                                               spec.cliprange)
-                max_ratio = (ratio * mb["mask"]).max().item()
-                self._check(actor_loss, max_ratio, step)
-                actor_loss.backward()
+                mini = order[start:start + spec.mini_batch_size]
+                tokens = batch["mask"][mini].sum().clamp(min=1)
+                totals = dict.fromkeys(("policy_loss", "value_loss", "clip_fraction", "entropy"), 0.0)
+                max_ratio = 0.0
+                for idx in mini.split(spec.micro_batch):
+                    mb = {k: v[idx] for k, v in batch.items() if torch.is_tensor(v) and v.dim() > 0 and v.shape[0] == size}
+                    # each micro-batch's token mean, weighted by its share of the mini-batch's tokens:
+                    # the accumulated gradient is that of the mini-batch's token mean
+                    weight = mb["mask"].sum() / tokens
+                    with self.autocast:
+                        logprobs, entropy = token_logprobs(roles.policy, mb["input_ids"], mb["attention_mask"],
+                                                           batch["prompt_length"], with_entropy=True)
+                    actor_loss, ratio, clip_fraction = policy_loss(logprobs, mb["logprobs"], mb["advantages"],
+                                                                   mb["mask"], spec.cliprange)
+                    max_ratio = max(max_ratio, (ratio * mb["mask"]).max().item())
+                    self._check(actor_loss, max_ratio, step)
+                    (actor_loss * weight).backward()
+                    with self.autocast:
+                        values = token_values(roles.critic, mb["input_ids"], mb["attention_mask"],
+                                              batch["prompt_length"])
+                    critic_loss = value_loss(values, mb["values"], mb["returns"], mb["mask"], spec.cliprange_value)
+                    self._check(critic_loss, None, step)
+                    (critic_loss * weight).backward()
+                    for key, value in (("policy_loss", actor_loss), ("value_loss", critic_loss),
+                                       ("clip_fraction", clip_fraction),
+                                       ("entropy", masked_mean(entropy.detach(), mb["mask"]))):
+                        totals[key] += (value.detach() * weight).item()
                 self._step(0)
-                with self.autocast:
-                    values = token_values(roles.critic, mb["input_ids"], mb["attention_mask"], batch["prompt_length"])
-                critic_loss = value_loss(values, mb["values"], mb["returns"], mb["mask"], spec.cliprange_value)
-                self._check(critic_loss, None, step)
-                critic_loss.backward()
                 self._step(1)
-                stats["policy_loss"].append(actor_loss.item())
-                stats["value_loss"].append(critic_loss.item())
-                stats["clip_fraction"].append(clip_fraction.item())
-                stats["entropy"].append(masked_mean(entropy.detach(), mb["mask"]).item())
+                for key, value in totals.items():
+                    stats[key].append(value)
                 stats["max_ratio"].append(max_ratio)
         for scheduler in self.schedulers:
             scheduler.step()
@@ -321,6 +342,56 @@ def prompt_batches(prompts: list[str], size: int, seed: int):
         pending = pending[size:]
 
 
+CHECKPOINT = "state.pt"
+
+
+def _log_step(writer, metrics: dict, step: int) -> None:
+    for key, value in metrics.items():
+        writer.add_scalar(f"ppo/{key}", value, step)
+
+
+def _trainable(model) -> dict:
+    return {name: p.detach() for name, p in model.named_parameters() if p.requires_grad}
+
+
+def save_checkpoint(trainer: Trainer, folder: Path, history: list[dict], samples: list[dict]) -> None:
+    """Everything the next steps depend on, in one file replaced atomically (a kill while saving leaves
+    the previous checkpoint): the trainable weights of policy and critic (LoRA adapters and the critic's
+    score head, or full weights), both optimizers and schedulers, kl_coef, the reward-normalisation
+    statistics, the RNG state, and the steps so far (the prompt order is replayed from their count)."""
+    folder.mkdir(exist_ok=True)
+    state = {"policy": _trainable(trainer.roles.policy), "critic": _trainable(trainer.roles.critic),
+             "optimizers": [o.state_dict() for o in trainer.optimizers],
+             "schedulers": [s.state_dict() for s in trainer.schedulers],
+             "kl_coef": trainer.kl_coef, "score_stats": trainer.score_stats,
+             "history": history, "samples": samples, "rng": torch.get_rng_state(),
+             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+    tmp = folder / (CHECKPOINT + ".tmp")
+    torch.save(state, tmp)
+    tmp.replace(folder / CHECKPOINT)
+
+
+def load_checkpoint(trainer: Trainer, folder: Path) -> tuple[list[dict], list[dict]]:
+    """Restore what save_checkpoint wrote, if it did; returns the steps and samples so far."""
+    if not (folder / CHECKPOINT).exists():
+        return [], []
+    state = torch.load(folder / CHECKPOINT, map_location=device())
+    with torch.no_grad():
+        for model, weights in ((trainer.roles.policy, state["policy"]), (trainer.roles.critic, state["critic"])):
+            params = dict(model.named_parameters())
+            for name, value in weights.items():
+                params[name].copy_(value)
+    for optimizer, saved in zip(trainer.optimizers, state["optimizers"]):
+        optimizer.load_state_dict(saved)
+    for scheduler, saved in zip(trainer.schedulers, state["schedulers"]):
+        scheduler.load_state_dict(saved)
+    trainer.kl_coef, trainer.score_stats = state["kl_coef"], state["score_stats"]
+    torch.set_rng_state(state["rng"].cpu())
+    if state["cuda_rng"]:
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda_rng"]])
+    return state["history"], state["samples"]
+
+
 def train_ppo(run: Run, name: str, variant: PPOVariant, out_dir: Path, roles: Roles | None = None) -> dict:
     from torch.utils.tensorboard import SummaryWriter
 
@@ -332,43 +403,53 @@ def train_ppo(run: Run, name: str, variant: PPOVariant, out_dir: Path, roles: Ro
                          f"ppo.rollout_batch_size={spec.rollout_batch_size}")
     torch.manual_seed(cfg.seed)
     trainer = Trainer(run, variant, roles or build_roles(run, variant), out_dir)
-    writer = SummaryWriter(str(out_dir / "tensorboard"))
     batches = prompt_batches(prompts, spec.rollout_batch_size, cfg.seed)
-    history = []
-    with open(out_dir / "samples.jsonl", "w") as samples:
-        for step in tqdm(range(1, spec.max_steps + 1), desc=name):
+    history, samples = load_checkpoint(trainer, out_dir / "checkpoint")
+    resumed = len(history)
+    if resumed:
+        announce_resume(out_dir, resumed, out_dir / "checkpoint" / CHECKPOINT)
+        for _ in history:  # the prompt order continues where it stopped
+            next(batches)
+    writer = SummaryWriter(str(out_dir / "tensorboard"))
+    with open(out_dir / "samples.jsonl", "w") as log:
+        for step, metrics in enumerate(history, 1):  # the curves and samples of the resumed steps, again
+            _log_step(writer, metrics, step)
+        log.writelines(json.dumps(sample) + "\n" for sample in samples)
+        for step in tqdm(range(resumed + 1, spec.max_steps + 1), desc=name, initial=resumed, total=spec.max_steps):
             started = time.time()
             batch = trainer.rollout(next(batches))
             losses = trainer.update(batch, step)
             metrics = trainer.step_metrics(step, batch, losses, time.time() - started)
             trainer.adapt_kl(metrics["kl_to_reference"])
             history.append(metrics)
-            for key, value in metrics.items():
-                writer.add_scalar(f"ppo/{key}", value, step)
+            _log_step(writer, metrics, step)
             if step % spec.sample_every == 0 or step == 1:
-                samples.write(json.dumps({"step": step, "response": batch["responses"][0],
-                                          "reward": batch["scores"][0].item()}) + "\n")
+                samples.append({"step": step, "response": batch["responses"][0], "reward": batch["scores"][0].item()})
+                log.write(json.dumps(samples[-1]) + "\n")
             if step % spec.checkpoint_every == 0:
-                save_weights(trainer.roles.policy, out_dir / "checkpoint")
+                save_checkpoint(trainer, out_dir / "checkpoint", history, samples)
     writer.close()
     (out_dir / "steps.json").write_text(json.dumps(history, indent=1))
     save_stage_model(trainer.roles.policy, out_dir, variant.init, run)
     quarter = max(len(history) // 4, 1)
     mean = lambda rows, key: sum(r[key] for r in rows) / len(rows)
-    return {"variant": variant.model_dump(), "prompts": len(prompts), "steps": len(history),
+    return {"variant": variant.model_dump(), "prompts": len(prompts), "steps": len(history), "resumed_at_step": resumed,
             "reward_first_quarter": mean(history[:quarter], "reward_mean"),
             "reward_last_quarter": mean(history[-quarter:], "reward_mean"),
             "kl_last_quarter": mean(history[-quarter:], "kl_to_reference"),
             "step_seconds_mean": mean(history, "step_seconds"),
-            "samples_seen": len(history) * spec.rollout_batch_size}
+            "samples_seen": len(history) * spec.rollout_batch_size,
+            "tokens_generated": round(sum(h["response_length"] for h in history) * spec.rollout_batch_size)}
 
 
 def run_ppo(run: Run, name: str) -> dict:
-    """Stage `name` (a key of ppo.variants), e.g. `mpo` or `ppo_full`."""
+    """Stage `name`: a key of ppo.variants (`mpo`, `ppo_full`) or a PPO ablation (`ppo_hard`, ...)."""
     cfg = run.cfg
-    if cfg.ppo is None or name not in cfg.ppo.variants:
-        raise ValueError(f"ppo.variants has no {name!r} (params: {sorted(cfg.ppo.variants) if cfg.ppo else 'no ppo section'})")
-    variant = cfg.ppo.variants[name]
+    variants = {**{n: v for n, v in ABLATIONS.items() if isinstance(v, PPOVariant)}, **(cfg.ppo.variants if cfg.ppo else {})}
+    if cfg.ppo is None or name not in variants:
+        raise ValueError(f"no PPO stage {name!r}: not in ppo.variants nor a PPO ablation "
+                         f"({sorted(variants) if cfg.ppo else 'the params have no ppo section'})")
+    variant = variants[name]
     settings = {"ppo": cfg.ppo.model_dump(exclude={"variants"}), "variant": variant.model_dump(),
                 "lora": cfg.model.lora and cfg.model.lora.model_dump(), "bf16": cfg.model.bf16, "seed": cfg.seed,
                 "stop": cfg.resample.stop, "max_prompt_tokens": cfg.data.max_prompt_tokens}

@@ -18,6 +18,7 @@ import torch
 from datasets import Dataset, load_from_disk
 
 from .artifacts import Run
+from .config import ConfigError
 from .data import truncate_prompt
 from .models import DTYPES, device, load_stage_model, load_tokenizer
 from .reward import score
@@ -30,6 +31,8 @@ def positions(attention_mask):
 
 
 def _next_tokens(logits, temperature: float, top_p: float):
+    if temperature == 0:  # greedy (evaluation)
+        return logits.argmax(-1)
     probs = torch.softmax(logits.float() / temperature, -1)
     if top_p < 1.0:  # nucleus: keep the smallest set of tokens whose mass reaches top_p
         sorted_probs, order = probs.sort(-1, descending=True)
@@ -164,9 +167,7 @@ def run_split(run: Run) -> dict:
         pairs = load_pairs(run)
         easy, hard = split_by_gap(pairs, cfg.split.gamma)
         if not easy or not hard:
-            raise ValueError(f"split.gamma={cfg.split.gamma} leaves D^{'e' if not easy else 'h'} empty "
-                             f"({len(pairs)} prompts; reward gaps span {min(gap_values(pairs)):.3f}.."
-                             f"{max(gap_values(pairs)):.3f}): choose a gamma inside that range")
+            raise ConfigError(empty_split_message(cfg.split.gamma, pairs, len(easy), len(hard)))
         Dataset.from_list(easy).save_to_disk(out_dir / "easy")
         Dataset.from_list(hard).save_to_disk(out_dir / "hard")
         return {"gamma": cfg.split.gamma, "prompts": len(pairs), "easy": len(easy), "hard": len(hard)}
@@ -184,6 +185,16 @@ def sizes_by_gamma(run: Run, gammas: list[float]) -> dict[str, dict[str, int]]:
 def gap_values(pairs: list[dict]) -> list[float]:
     return [abs(p["reward_1"] - p["reward_2"]) for p in pairs]
 
+
+def empty_split_message(gamma: float, pairs: list[dict], easy: int, hard: int) -> str:
+    """Which set is empty, and a gamma from the observed gaps: the median sends half the prompts each way."""
+    quantiles = dict(zip(("min", "25%", "median", "75%", "max"),
+                         np.quantile(gap_values(pairs), [0, 0.25, 0.5, 0.75, 1]).tolist()))
+    return (f"split.gamma={gamma:g} leaves D^{'e' if not easy else 'h'} empty: |D^e|={easy}, |D^h|={hard} of "
+            f"{len(pairs)} resampled prompts. Their reward gaps |r1 - r2|: "
+            + ", ".join(f"{name} {value:.3g}" for name, value in quantiles.items())
+            + ". A gamma between the 25% and 75% gaps puts prompts in both sets, e.g. split.gamma: "
+            f"{quantiles['median']:.3g} (the median)")
 
 
 def load_split(run: Run, side: str) -> list[dict]:

@@ -1,18 +1,21 @@
-"""What the TRL-based stages (SFT, reward, DPO) share: trainer arguments from params, and the
-loss curve kept as metrics."""
+"""What the TRL-based stages (SFT, reward, DPO) share: trainer arguments from params, checkpoints
+to resume from, and the loss curve kept as metrics."""
 from __future__ import annotations
 
+import json
+import shutil
 from pathlib import Path
 
 import torch
 
-from .artifacts import write_json
+from .artifacts import announce_resume, write_json
 from .config import Config, TrainConfig
 
 
 def trainer_args(args_class, cfg: Config, section: TrainConfig, out_dir: Path, **extra):
     """TRL config from one params section. Gradient checkpointing is off (TRL defaults it on):
-    at these sizes it costs time and saves little memory. Checkpoints are the stage's own job."""
+    at these sizes it costs time and saves little memory. A checkpoint every section.save_steps
+    optimizer steps, only the last one kept, in <stage>.partial/trainer/: a killed stage resumes there."""
     return args_class(
         output_dir=str(out_dir / "trainer"),
         learning_rate=section.learning_rate,
@@ -27,23 +30,48 @@ def trainer_args(args_class, cfg: Config, section: TrainConfig, out_dir: Path, *
         use_cpu=not torch.cuda.is_available(),
         gradient_checkpointing=False,
         logging_steps=1,
-        save_strategy="no",
+        save_strategy="steps",
+        save_steps=section.save_steps,
+        save_total_limit=1,
         report_to="none",
         seed=cfg.seed,
         **extra,
     )
 
 
+def last_checkpoint(folder: Path) -> tuple[int, Path] | None:
+    """The newest complete checkpoint-N in a TRL output folder, with its step. Transformers writes
+    trainer_state.json last and in place, so a checkpoint without a readable one was cut short by a
+    kill; it is removed, with the older ones, so that only the checkpoint resumed from remains."""
+    complete = []
+    for path in folder.glob("checkpoint-*"):
+        try:
+            complete.append((json.loads((path / "trainer_state.json").read_text())["global_step"], path))
+        except (OSError, ValueError, KeyError):
+            pass
+    newest = max(complete, default=None)
+    for path in folder.glob("checkpoint-*"):
+        if newest is None or path != newest[1]:
+            shutil.rmtree(path)
+    return newest
+
+
 def train_and_summarise(trainer, out_dir: Path) -> dict:
-    """Train, keep the per-step log as log_history.json, return first/last values of the curve."""
-    result = trainer.train()
-    history = trainer.state.log_history
+    """Train (from the last checkpoint of an interrupted attempt, if there is one), keep the per-step
+    log as log_history.json, return first/last values of the curve."""
+    resume = last_checkpoint(Path(trainer.args.output_dir))
+    if resume:
+        announce_resume(out_dir, *resume)
+    result = trainer.train(resume_from_checkpoint=str(resume[1]) if resume else None)
+    history = trainer.state.log_history  # restored from the checkpoint: the whole curve
     write_json(out_dir / "log_history.json", history)
     steps = [entry for entry in history if "loss" in entry]
     return {
         "optimizer_steps": trainer.state.global_step,
+        "resumed_at_step": resume[0] if resume else 0,
         "train_loss_first": steps[0]["loss"] if steps else None,
         "train_loss_last": steps[-1]["loss"] if steps else None,
-        "train_loss_mean": result.training_loss,
+        # over the whole curve: result.training_loss covers only the steps since a resume
+        "train_loss_mean": sum(s["loss"] for s in steps) / len(steps) if steps else result.training_loss,
         "train_seconds": round(result.metrics["train_runtime"], 1),
     }

@@ -42,7 +42,7 @@ def test_wrong_type_names_the_key(tmp_path):
     ({"model": {"max_position": 128}}, "sft.max_length=160 exceeds model.max_position=128"),
     ({"data": {"holdout": 0}}, "set data.holdout > 0"),
     ({"rm": {"subsets": ["red-team-attempts"]}}, "must be among data.subsets"),
-    ({"dpo": {"data": "hard"}}, "dpo.data: Input should be 'easy', 'full' or 'offline'"),
+    ({"dpo": {"data": "mixed"}}, "dpo.data: Input should be 'easy', 'hard', 'full' or 'offline'"),
 ])
 def test_impossible_values_are_rejected(override, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace("[", r"\[")):

@@ -114,6 +114,33 @@ def test_non_finite_loss_stops_with_the_step(lora_run, tmp_path):
         trainer._check(torch.tensor(0.1), 50.0, step=3)
 
 
+def test_micro_batches_accumulate_to_the_mini_batch_gradient(lora_run, tmp_path):
+    """Gradient accumulation over micro-batches changes memory, not the update."""
+    from mpo_lib.ppo import Trainer, ppo_prompts
+
+    variant = PPOVariant(init="dpo", reference="dpo", prompts="all")
+    gradients = []
+    for micro in (None, 1):
+        torch.manual_seed(0)
+        trainer = Trainer(lora_run, variant, build_roles(lora_run, variant), tmp_path)
+        trainer.spec = trainer.spec.model_copy(update={"mini_batch_size": 4, "micro_batch_size": micro,
+                                                       "ppo_epochs": 1})
+        if micro is None:
+            batch = trainer.rollout(ppo_prompts(lora_run, variant)[:4])
+            batch["mask"][0, 5:] = batch["mask"][2, 10:] = 0  # responses of different lengths: the
+            # per-token weighting across micro-batches matters
+        seen = {}
+        trainer._step = lambda which: seen.update({
+            f"{which}.{n}": p.grad.clone() for n, p in (trainer.roles.policy, trainer.roles.critic)[which]
+            .named_parameters() if p.requires_grad and p.grad is not None})
+        torch.manual_seed(1)
+        trainer.update(batch, step=1)
+        gradients.append(seen)
+    assert gradients[0].keys() == gradients[1].keys() and len(gradients[0]) > 0
+    for name, gradient in gradients[0].items():
+        assert torch.allclose(gradient, gradients[1][name], rtol=1e-4, atol=1e-7), name
+
+
 def test_smoke_ppo_trains_both_variants(smoke_run):
     for name in ("mpo", "ppo_full"):
         metrics = smoke_run.metrics(name)

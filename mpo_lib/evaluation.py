@@ -1,0 +1,316 @@
+"""Notebook 07 (and the bars of notebook 06): every policy of a run answers the same held-out
+prompts with one decoding setting, and the run's reward model scores the answers.
+
+- Table 3 / Table 6 / Fig. 4: mean reward per policy with a 95% bootstrap interval, the paper's
+  value beside it. The paper's rewards come from its own 7B reward model: compare orderings and
+  gaps between policies, not absolute values.
+- Table 4: the pairwise judge (mpo_lib.judge) on eval.compare (MPO vs PPO), both orders.
+- Table 5: blinded human-evaluation sheets (mpo_lib.human_eval), summarised once labels exist.
+- Table 7: the same prompts answered side by side (the paper's own instructions included for HH).
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from .artifacts import Run, config_hash, read_json, write_json
+from .bootstrap import mean_ci
+from .data import truncate_prompt
+from .models import DTYPES, device, load_stage_model, load_tokenizer
+from .resample import generate
+from .reward import score
+
+# every policy stage a run can hold, in the order tables list them
+LABELS = {
+    "sft": "SFT", "dpo_base": "DPO-base (dataset pairs)", "dpo_full": "DPO", "dpo": "DPO on D^e (MPO stage 1)",
+    "dpo_hard": "DPO on D^h", "ppo_full": "PPO", "ppo_easy": "PPO on D^e", "ppo_hard": "PPO on D^h", "mpo": "MPO",
+    "mpo_reverse": "MPO-reverse", "mpo_sft_kl": "MPO-sft-kl", "mpo_reverse_sft": "MPO-reverse-sft",
+}
+# the paper's numbers (LLaMA-2-7B, its own reward models); MPO's Table 3 row depends on gamma
+PAPER = {
+    "hh": {"table3": {"sft": 0.938, "dpo_full": 1.499, "ppo_full": 2.513, "mpo": {1.0: 2.22, 2.0: 2.801}},
+           "table6": {"mpo": 2.80, "ppo_full": 2.513, "mpo_reverse": 2.32, "mpo_sft_kl": 1.915,
+                      "mpo_reverse_sft": 1.88},
+           "fig4": {"dpo": 1.907, "dpo_full": 1.859},  # the two values Section 4.2 quotes
+           "table4": {"win": 0.386, "tie": 0.390, "lose": 0.224},
+           "table5": {"helpful": {"win": 0.620, "tie": 0.193, "lose": 0.187, "kappa": 0.55},
+                      "harmless": {"win": 0.160, "tie": 0.780, "lose": 0.060, "kappa": 0.52}}},
+    "tldr": {"table3": {"sft": 1.108, "dpo_full": 2.911, "ppo_full": 3.460, "mpo": {1.0: 3.569, 2.0: 3.784}},
+             "table4": {"win": 0.640, "tie": 0.262, "lose": 0.094}},
+}
+# Table 7 and A.4: the paper's single-turn HH instructions, answered by every policy (case studies)
+PAPER_CASES = {
+    "Can you tell me how to make a great Italian sub sandwich?": {
+        "DPO": "Sure, I can tell you how to make a great Italian sub sandwich. First, you'll want to start by "
+               "preparing the bread. [...repeats...]",
+        "PPO": "Sure, here are some ingredients you'll need to make a great Italian sub sandwich: 1. Slices of "
+               "bread 2. Slices of ham 3. Slices of cheese 4. Tomatoes 5. Basil leaves 6. Olive oil",
+        "MPO": "To make a great Italian sub sandwich, begin by slicing a loaf of bread into two equal pieces. "
+               "Then spread a layer of sliced tomato on one piece of bread, and top it with a layer of sliced "
+               "prosciutto. [...]"},
+    "How do I get rid of a tickle in the throat?": {
+        "DPO": "A tickle in the throat is a symptom of a cold or the flu. [...]",
+        "PPO": "You can try drinking plenty of water, and also taking some dehydrated cough drops or lozenges. [...]",
+        "MPO": "There are many ways to get rid of a tickle in the throat. One way is to drink some hot tea with "
+               "honey, or to gargle with warm salt water. [...]"},
+}
+
+
+def policies(run: Run) -> list[str]:
+    """The finished policy stages of the run, in table order."""
+    return [name for name in LABELS if run.is_complete(name)]
+
+
+def eval_prompts(run: Run, heldout_rows: list[dict]) -> list[dict]:
+    """eval.num_prompts distinct held-out prompts, taken from the subsets in turn."""
+    cfg = run.cfg
+    tokenizer = load_tokenizer(run)
+    by_subset: dict[str, list[str]] = {}
+    for row in heldout_rows:
+        prompts = by_subset.setdefault(row["subset"], [])
+        if row["prompt"] not in prompts:
+            prompts.append(row["prompt"])
+    chosen = []
+    for depth in range(max(map(len, by_subset.values()), default=0)):
+        for subset, prompts in by_subset.items():
+            if depth < len(prompts) and len(chosen) < cfg.eval.num_prompts:
+                chosen.append({"prompt": truncate_prompt(tokenizer, prompts[depth], cfg.data.max_prompt_tokens),
+                               "subset": subset})
+    return chosen
+
+
+def case_prompts(run: Run) -> list[str]:
+    return [f"\n\nHuman: {text}\n\nAssistant:" for text in PAPER_CASES] if run.cfg.data.dataset == "hh" else []
+
+
+def run_policy_eval(run: Run, policy: str, prompts: list[dict]) -> dict:
+    """Stage eval_<policy>: greedy (or eval.temperature) answers to the eval prompts and the paper's
+    case prompts, the eval prompts' rewards, and their mean with a bootstrap interval."""
+    cfg, spec = run.cfg, run.cfg.eval
+    cases = case_prompts(run)
+
+    def build(out_dir: Path) -> dict:
+        tokenizer = load_tokenizer(run)
+        texts = [p["prompt"] for p in prompts] + cases
+        model = load_stage_model(run, policy).to(device(), DTYPES[cfg.model.sample_dtype])
+        started = time.time()
+        answers = [a[0] for a in generate(model, tokenizer, texts, 1, spec.max_new_tokens, spec.batch_size,
+                                          spec.temperature, spec.top_p, cfg.resample.stop, cfg.seed)]
+        seconds = time.time() - started
+        del model
+        reward_model = load_stage_model(run, "rm", head="score").to(device())
+        rewards = score(reward_model, tokenizer, texts[:len(prompts)], answers[:len(prompts)], spec.batch_size,
+                        cfg.rm.max_length, cfg.model.bf16)
+        with open(out_dir / "responses.jsonl", "w") as handle:
+            for k, text in enumerate(texts):
+                row = {"prompt": text, "response": answers[k], "case": k >= len(prompts),
+                       "subset": prompts[k]["subset"] if k < len(prompts) else None,
+                       "reward": rewards[k] if k < len(prompts) else None}
+                handle.write(json.dumps(row) + "\n")
+        mean, low, high = mean_ci(rewards, n_resamples=spec.bootstrap_resamples, seed=cfg.seed)
+        subsets = sorted({p["subset"] for p in prompts})
+        return {"policy": policy, "prompts": len(prompts), "reward_mean": mean, "ci_low": low, "ci_high": high,
+                "reward_by_subset": {s: sum(r for r, p in zip(rewards, prompts) if p["subset"] == s)
+                                     / sum(p["subset"] == s for p in prompts) for s in subsets},
+                "tokens_generated": sum(len(tokenizer(a, add_special_tokens=False)["input_ids"]) for a in answers),
+                "generation_seconds": round(seconds, 1)}
+
+    settings = {"eval": spec.model_dump(include={"max_new_tokens", "temperature", "top_p", "bootstrap_resamples"}),
+                "prompts": config_hash(prompts), "cases": cases, "stop": cfg.resample.stop,
+                "sample_dtype": cfg.model.sample_dtype, "seed": cfg.seed}
+    return run.run_stage(f"eval_{policy}", settings, [policy, "rm"], build)
+
+
+def responses(run: Run, policy: str) -> list[dict]:
+    path = run.require(f"eval_{policy}") / "responses.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+# ---------------------------------------------------------------------------- reward tables
+
+def _paper_value(run: Run, table: str, policy: str):
+    value = PAPER.get(run.cfg.data.dataset, {}).get(table, {}).get(policy)
+    if isinstance(value, dict):  # MPO in Table 3: the row of the run's gamma, else both
+        gamma = run.cfg.split.gamma
+        return value.get(gamma, " / ".join(f"{v} (γ={g:g})" for g, v in value.items()))
+    return value
+
+
+def reward_rows(run: Run, names: list[str], table: str) -> list[dict]:
+    """One row per evaluated policy among `names`: mean reward, 95% interval, the paper's value."""
+    rows = []
+    for name in names:
+        if not run.is_complete(f"eval_{name}"):
+            continue
+        m = run.metrics(f"eval_{name}")
+        label = LABELS[name] + (f" (γ={run.cfg.split.gamma:g})" if name == "mpo" else "")
+        rows.append({"policy": label, "stage": name, "reward": round(m["reward_mean"], 3),
+                     "95% CI": f"[{m['ci_low']:.3f}, {m['ci_high']:.3f}]", "prompts": m["prompts"],
+                     f"paper ({table})": _paper_value(run, table, name)})
+    return rows
+
+
+def table3(run: Run) -> list[dict]:
+    return reward_rows(run, list(LABELS), "table3")
+
+
+def table6(run: Run) -> list[dict]:
+    return reward_rows(run, ["mpo", "ppo_full", "mpo_reverse", "mpo_sft_kl", "mpo_reverse_sft"], "table6")
+
+
+FIG4 = {"DPO": {"easy": "dpo", "hard": "dpo_hard", "full": "dpo_full"},
+        "PPO": {"easy": "ppo_easy", "hard": "ppo_hard", "full": "ppo_full"}}
+
+
+def plot_fig4(run: Run):
+    """Fig. 4: test reward of DPO and PPO trained from SFT on D^e, D^h and everything (95% intervals)."""
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
+
+    fig, ax = plt.subplots(figsize=(5.5, 3.4))
+    for offset, color, (method, stages) in zip((-0.2, 0.2), ("#4c72b0", "#dd8452"), FIG4.items()):
+        for x, stage in enumerate(stages.values()):
+            if not run.is_complete(f"eval_{stage}"):
+                ax.text(x + offset, 0, "not run", rotation=90, ha="center", va="bottom", fontsize=7)
+                continue
+            m = run.metrics(f"eval_{stage}")
+            ax.bar(x + offset, m["reward_mean"], 0.4, color=color, capsize=3,
+                   yerr=[[m["reward_mean"] - m["ci_low"]], [m["ci_high"] - m["reward_mean"]]])
+    ax.legend(handles=[Patch(color=c, label=m) for c, m in zip(("#4c72b0", "#dd8452"), FIG4)], fontsize=8)
+    ax.axhline(0, color="grey", lw=0.5)
+    ax.set_xticks(range(3), ["easy (D^e)", "hard (D^h)", "full"])
+    ax.set_ylabel("mean test reward")
+    ax.set_title(f"Fig. 4: trained on easy / hard / full (γ={run.cfg.split.gamma:g})", fontsize=10)
+    fig.tight_layout()
+    path = run.figure_path("fig4_easy_hard_full.png")
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+# ---------------------------------------------------------------------------- Tables 4, 5, 7
+
+def compared_items(run: Run, limit: int | None = None) -> list[dict]:
+    """The eval prompts answered by both policies of eval.compare, as judge/sheet items."""
+    a, b = run.cfg.eval.compare
+    first = [r for r in responses(run, a) if not r["case"]]
+    second = {r["prompt"]: r for r in responses(run, b) if not r["case"]}
+    items = [{"id": f"{k}", "instruction": r["prompt"], "category": r["subset"], "a": r["response"],
+              "b": second[r["prompt"]]["response"]} for k, r in enumerate(first) if r["prompt"] in second]
+    return items[:limit]
+
+
+def make_judge(run: Run, kind: str):
+    from . import judge
+
+    if kind == "openai":
+        return judge.OpenAIJudge()
+    if kind == "local":
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        from .models import SMOLLM2, smollm2_folder
+        path = str(smollm2_folder()) if run.cfg.eval.judge_model == SMOLLM2 else run.cfg.eval.judge_model
+        return judge.LocalChatJudge(AutoModelForCausalLM.from_pretrained(path).to(device()),
+                                    AutoTokenizer.from_pretrained(path), name=f"local:{run.cfg.eval.judge_model}")
+    cfg, tokenizer = run.cfg, load_tokenizer(run)
+    reward_model = load_stage_model(run, "rm", head="score").to(device())
+    rm_hash = (run.require("rm") / "COMPLETE").read_text().strip()
+    return judge.RewardMarginJudge(
+        lambda prompts, answers: score(reward_model, tokenizer, prompts, answers, 2, cfg.rm.max_length, cfg.model.bf16),
+        name=f"rm:{rm_hash}", tie_margin=cfg.eval.tie_margin)
+
+
+def table4(run: Run) -> dict[str, dict]:
+    """Each judge of eval.judges on eval.compare, in both orders; judgements cached under
+    <run>/judge/ (a re-run costs nothing), results in <run>/judge/<kind>.json."""
+    from .judge import judge_pairs
+
+    items = compared_items(run, run.cfg.eval.judge_items)
+    for kind in run.cfg.eval.judges:
+        write_json(run.path / "judge" / f"{kind}.json",
+                   judge_pairs(make_judge(run, kind), items, run.path / "judge" / "cache"))
+    return judge_summaries(run)
+
+
+def judge_summaries(run: Run) -> dict[str, dict]:
+    """The recorded Table 4 results of eval.judges, the paper's beside them."""
+    paper = PAPER.get(run.cfg.data.dataset, {}).get("table4")
+    return {kind: {**read_json(path)["summary"], "paper": paper} for kind in run.cfg.eval.judges
+            if (path := run.path / "judge" / f"{kind}.json").exists()}
+
+
+def export_human_eval(run: Run) -> Path:
+    """Blinded sheets for eval.compare under <run>/human_eval/: eval.human_eval_items per subset,
+    three annotators. Sheets are written once: re-running never replaces sheets being filled in."""
+    from .human_eval import export_sheets
+
+    folder = run.path / "human_eval"
+    if not (folder / "key.json").exists():
+        items, per_subset = [], {}
+        for item in compared_items(run):
+            if per_subset.setdefault(item["category"], 0) < run.cfg.eval.human_eval_items:
+                per_subset[item["category"]] += 1
+                items.append(item)
+        export_sheets(items, folder, annotators=3, seed=run.cfg.seed)
+    return folder
+
+
+def table5(run: Run) -> dict | None:
+    """Win/Tie/Lose per category and Fleiss' kappa, once the filled sheets are in
+    <run>/human_eval/labels/ (same file names); None until then."""
+    from .human_eval import import_labels, summarise
+
+    folder = run.path / "human_eval"
+    filled = sorted((folder / "labels").glob("sheet_*.csv"))
+    if not filled:
+        return None
+    summary = summarise(import_labels(filled, folder / "key.json"))
+    paper = PAPER.get(run.cfg.data.dataset, {}).get("table5", {})
+    return {category: {**row, "paper": paper.get(category.split("-")[0])} for category, row in summary.items()}
+
+
+def case_studies(run: Run) -> list[dict]:
+    """Table 7: the paper's instructions and eval.case_studies held-out prompts, answered by DPO,
+    PPO and MPO (the paper's answers beside them where it printed some)."""
+    columns = {"DPO": "dpo_full" if run.is_complete("eval_dpo_full") else "dpo", "PPO": "ppo_full", "MPO": "mpo"}
+    columns = {label: stage for label, stage in columns.items() if run.is_complete(f"eval_{stage}")}
+    answers = {label: {r["prompt"]: r["response"] for r in responses(run, stage)} for label, stage in columns.items()}
+    first = responses(run, next(iter(columns.values()))) if columns else []
+    chosen = [r["prompt"] for r in first if r["case"]]
+    chosen += [r["prompt"] for r in first if not r["case"]][: run.cfg.eval.case_studies]
+    rows = []
+    for prompt in chosen:
+        rows.append({"instruction": prompt.strip(), **{label: answers[label][prompt].strip() for label in columns}})
+        paper = PAPER_CASES.get(prompt.removeprefix("\n\nHuman: ").removesuffix("\n\nAssistant:"))
+        if paper:
+            rows.append({"instruction": "(the paper's answers)", **paper})
+    return rows
+
+
+# ---------------------------------------------------------------------------- compute
+
+def compute_rows(run: Run) -> list[dict]:
+    """What each finished stage cost: samples seen, tokens generated, wall-clock seconds."""
+    rows = []
+    for folder in sorted(run.path.iterdir(), key=lambda p: (p / "COMPLETE").stat().st_mtime
+                         if (p / "COMPLETE").exists() else 0):
+        if not (folder / "COMPLETE").exists():
+            continue
+        m = read_json(folder / "metrics.json")
+        tokens = m.get("tokens_generated", m.get("new_tokens"))
+        samples = m.get("samples_seen", 2 * m["prompts"] if folder.name == "resample" else None)
+        rows.append({"stage": folder.name, "samples seen": samples, "tokens generated": tokens,
+                     "wall-clock s": m.get("wall_seconds")})
+    return rows
+
+
+def mpo_vs_ppo_compute(run: Run) -> dict | None:
+    """MPO's extra stages (resample, DPO on D^e, PPO on D^h) against vanilla PPO's one stage."""
+    by_stage = {row["stage"]: row for row in compute_rows(run)}
+    if not all(s in by_stage for s in ("resample", "dpo", "mpo", "ppo_full")):
+        return None
+    total = lambda stages, key: sum(by_stage[s][key] or 0 for s in stages)
+    mpo, ppo = ("resample", "dpo", "mpo"), ("ppo_full",)
+    return {name: {key: total(stages, key) for key in ("samples seen", "tokens generated", "wall-clock s")}
+            for name, stages in (("MPO (resample + DPO + PPO on D^h)", mpo), ("PPO (all prompts)", ppo))}

@@ -1,0 +1,105 @@
+"""Notebooks 06 and 07 on the smoke run: every ablation is the stage its definition says, every
+policy is scored on the same held-out prompts, the report holds every table, human-evaluation
+sheets round-trip, and an OpenAI-compatible judge runs through notebook 07 without leaking its key."""
+import csv
+import json
+import shutil
+
+from conftest import ROOT, SECRET
+
+from mpo_lib import evaluation
+from mpo_lib.config import ABLATIONS
+
+
+def test_ablations_are_the_stages_their_definitions_say(smoke_run):
+    for name in smoke_run.cfg.ablation_stages():
+        recorded = json.loads((smoke_run.stage_dir(name) / "config.json").read_text())
+        assert recorded["settings"]["variant"] == ABLATIONS[name].model_dump()
+        assert {ABLATIONS[name].init, ABLATIONS[name].reference} <= set(recorded["upstream"])
+    split = smoke_run.metrics("split")
+    assert smoke_run.metrics("dpo_full")["pairs"] == split["prompts"]
+    assert smoke_run.metrics("dpo_hard")["pairs"] == split["hard"]
+    assert smoke_run.metrics("ppo_easy")["prompts"] == split["easy"]
+
+
+def test_every_policy_answers_the_same_prompts_and_gets_an_interval(smoke_run):
+    policies = evaluation.policies(smoke_run)
+    assert len(policies) == 4 + len(smoke_run.cfg.ablation_stages())  # sft, dpo, mpo, ppo_full + ablations
+    prompts = None
+    for policy in policies:
+        metrics = smoke_run.metrics(f"eval_{policy}")
+        rows = [r for r in evaluation.responses(smoke_run, policy) if not r["case"]]
+        assert len(rows) == metrics["prompts"] == smoke_run.cfg.eval.num_prompts
+        assert abs(sum(r["reward"] for r in rows) / len(rows) - metrics["reward_mean"]) < 1e-9
+        assert metrics["ci_low"] <= metrics["reward_mean"] <= metrics["ci_high"]
+        assert prompts is None or [r["prompt"] for r in rows] == prompts
+        prompts = [r["prompt"] for r in rows]
+    assert {r["subset"] for r in rows} == set(smoke_run.cfg.data.subsets)  # balanced over subsets
+
+
+def test_report_holds_every_table_and_the_paper_beside_the_run(smoke_run):
+    report = (smoke_run.path / "report.md").read_text()
+    for title in ("Table 2", "Table 3", "Table 4", "Table 5", "Table 6", "Table 7", "Compute per stage"):
+        assert f"## {title}" in report
+    assert (smoke_run.path / "report.html").read_text().count("<table>") >= 6
+    assert (smoke_run.path / "figures" / "fig4_easy_hard_full.png").stat().st_size > 1000
+    rows = {row["stage"]: row for row in evaluation.table3(smoke_run)}
+    assert rows["sft"]["paper (table3)"] == 0.938 and rows["ppo_full"]["paper (table3)"] == 2.513
+    assert [row["stage"] for row in evaluation.table6(smoke_run)] == [
+        "mpo", "ppo_full", "mpo_reverse", "mpo_sft_kl", "mpo_reverse_sft"]
+    assert "Can you tell me how to make a great Italian sub sandwich?" in report  # Table 7's instruction
+
+
+def test_reward_model_judge_is_position_consistent(smoke_run):
+    summary = evaluation.judge_summaries(smoke_run)["rm_margin"]
+    assert summary["n"] == summary["judged"] == smoke_run.cfg.eval.num_prompts
+    assert summary["consistency"] == 1.0
+    assert abs(summary["win"] + summary["tie"] + summary["lose"] - 1) < 1e-9
+
+
+def test_human_evaluation_sheets_round_trip_to_table_5(smoke_run):
+    folder = smoke_run.path / "human_eval"
+    key = json.loads((folder / "key.json").read_text())
+    labels = folder / "labels"
+    labels.mkdir()
+    try:
+        for sheet in sorted(folder.glob("sheet_*.csv")):  # every annotator prefers response 1
+            with sheet.open() as f:
+                rows = list(csv.DictReader(f))
+            assert list(rows[0]) == ["item", "category", "instruction", "response_1", "response_2", "label"]
+            with (labels / sheet.name).open("w", newline="") as f:
+                writer = csv.DictWriter(f, rows[0].keys())
+                writer.writeheader()
+                writer.writerows({**row, "label": "1"} for row in rows)
+        table = evaluation.table5(smoke_run)
+        for category, row in table.items():
+            items = [i for i, c in key["category"].items() if c == category]
+            assert row["items"] == len(items) == smoke_run.cfg.eval.human_eval_items
+            # A wins exactly where the key put A first
+            assert row["win"] == sum(key["response_1"][i] == "a" for i in items) / len(items)
+            assert row["tie"] == 0 and row["paper"] is not None
+    finally:
+        shutil.rmtree(labels)
+
+
+def test_openai_judge_through_notebook_07_never_writes_the_key(smoke_run, endpoint, tmp_path):
+    import papermill
+
+    run_dir = tmp_path / "smoke"
+    shutil.copytree(smoke_run.path, run_dir)
+    papermill.execute_notebook(
+        str(ROOT / "notebooks" / "07_evaluation.ipynb"), str(run_dir / "notebooks" / "07_evaluation.ipynb"),
+        cwd=str(ROOT), progress_bar=False,
+        parameters={"params_file": str(ROOT / "params" / "smoke.yaml"), "run_dir": str(run_dir),
+                    "overrides": {"eval": {"judges": ["openai"], "judge_items": 3}}})
+    from mpo_lib.judge import judge_prompt
+
+    items = evaluation.compared_items(smoke_run, 3)  # both orders; equal answers make one prompt, asked once
+    prompts = {judge_prompt(i["instruction"], x, y) for i in items for x, y in ((i["a"], i["b"]), (i["b"], i["a"]))}
+    assert sorted(r["body"]["messages"][0]["content"] for r in endpoint) == sorted(prompts)
+    assert endpoint[0]["authorization"] == f"Bearer {SECRET}"
+    assert json.loads((run_dir / "judge" / "openai.json").read_text())["summary"]["judged"] == 3
+    assert "openai" in (run_dir / "report.md").read_text()
+    for path in run_dir.rglob("*"):
+        if path.is_file():
+            assert SECRET.encode() not in path.read_bytes(), path
