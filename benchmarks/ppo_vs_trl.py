@@ -137,9 +137,9 @@ def compare_with_trl(steps: int, workdir: Path) -> tuple[float, float]:
 
 
 def compare_layouts(run_dir: Path | None, workdir: Path) -> float:
-    # micro-batches of 2 (Table 8's per-device PPO batch for HH) and gradient checkpointing (the default)
+    # micro-batches of 2 (Table 8's per-device PPO batch for HH) and gradient checkpointing
     smollm_ppo = {"rollout_batch_size": 8, "mini_batch_size": 8, "micro_batch_size": 2, "max_new_tokens": 64,
-                  "actor_lr": 1e-4, "critic_lr": 1e-4, "max_steps": 1}
+                  "actor_lr": 1e-4, "critic_lr": 1e-4, "max_steps": 1, "gradient_checkpointing": True}
     finished = run_dir and all((run_dir / s / "COMPLETE").exists() for s in ("sft", "rm", "resample"))
     if not finished:  # short stages: only memory is measured here
         run_dir = workdir / "smollm"

@@ -30,7 +30,7 @@ def data_command(args) -> None:
 
 def pipeline_command(args) -> None:
     from .pipeline import run_pipeline
-    run_pipeline(args.params, args.run_dir, args.until)
+    run_pipeline(args.params, args.run_dir, args.until, args.plan)
 
 
 def main(argv=None) -> int:
@@ -44,6 +44,8 @@ def main(argv=None) -> int:
         sub.set_defaults(handler=handler)
         if name == "pipeline":
             sub.add_argument("--until", help="last notebook number to run, e.g. 04")
+            sub.add_argument("--plan", action="store_true",
+                             help="print which stages would be reused / resumed / built / re-run, and why; run nothing")
     args = parser.parse_args(argv)
     try:
         args.handler(args)

@@ -1,5 +1,5 @@
 """Stage `dpo` (MPO's first stage) and the DPO ablations, with TRL's DPOTrainer (Eq. 2, sigmoid
-loss, beta from params). Stage `dpo` starts from SFT with SFT as reference, on D^e (dpo.data);
+loss, beta from params). Stage `dpo` starts from SFT with SFT as reference, on D^e;
 an ablation (config.ABLATIONS) names its own start, reference and pairs. With LoRA a reference
 equal to the start is the start's weights with the adapter disabled; any other reference, and
 every reference in full fine-tuning, is a separate frozen copy.
@@ -21,7 +21,7 @@ from .training import train_and_summarise, trainer_args
 
 def dpo_variant(run: Run, name: str) -> DPOVariant:
     if name == "dpo":
-        return DPOVariant(data=run.cfg.dpo.data)
+        return DPOVariant()
     variant = ABLATIONS.get(name)
     if isinstance(variant, DPOVariant):
         return variant
@@ -29,24 +29,27 @@ def dpo_variant(run: Run, name: str) -> DPOVariant:
                      f"{', '.join(n for n, v in ABLATIONS.items() if isinstance(v, DPOVariant))})")
 
 
-def dpo_pairs(run: Run, data: str, offline_rows: list[dict]) -> tuple[list[dict], list[str]]:
-    """The training pairs and the stages they come from; resampled pairs prefer the higher reward."""
+# the stages each choice of pairs comes from
+PAIR_SOURCES = {"easy": ["split"], "offline": [], "full": ["resample"], "hard": ["split", "resample"]}
+
+
+def dpo_pairs(run: Run, data: str, offline_rows: list[dict]) -> list[dict]:
+    """The training pairs; resampled pairs prefer the higher reward."""
     if data == "easy":
-        return load_split(run, "easy"), ["split"]
+        return load_split(run, "easy")
     if data == "offline":
-        return [{k: r[k] for k in ("prompt", "chosen", "rejected")} for r in offline_rows], []
+        return [{k: r[k] for k in ("prompt", "chosen", "rejected")} for r in offline_rows]
     ordered = split_by_gap(load_pairs(run), gamma=-1.0)[0]
     if data == "full":
-        return ordered, ["resample"]
+        return ordered
     hard = {row["prompt"] for row in load_split(run, "hard")}
-    return [pair for pair in ordered if pair["prompt"] in hard], ["split", "resample"]
+    return [pair for pair in ordered if pair["prompt"] in hard]
 
 
 def run_dpo(run: Run, offline_rows: list[dict], name: str = "dpo") -> dict:
     cfg = run.cfg
     variant = dpo_variant(run, name)
-    pairs, sources = dpo_pairs(run, variant.data, offline_rows)
-    pairs = pairs[: cfg.dpo.max_rows]
+    pairs = dpo_pairs(run, variant.data, offline_rows)[: cfg.dpo.max_rows]
     if not pairs:
         raise ValueError(f"stage {name}: no {variant.data} pairs to train on (see the split stage's sizes)")
 
@@ -72,8 +75,12 @@ def run_dpo(run: Run, offline_rows: list[dict], name: str = "dpo") -> dict:
                 "reward_margin_after": after["eval_rewards/margins"],
                 "reward_accuracy_after": after["eval_rewards/accuracies"]}
 
-    settings = {"dpo": cfg.dpo.model_dump(exclude={"data"}), "variant": variant.model_dump(),
+    return run.run_stage(name, *dpo_spec(run, name), build)
+
+
+def dpo_spec(run: Run, name: str) -> tuple[dict, list[str]]:
+    cfg, variant = run.cfg, dpo_variant(run, name)
+    settings = {"dpo": cfg.dpo.model_dump(), "variant": variant.model_dump(),
                 "lora": cfg.model.lora and cfg.model.lora.model_dump(), "bf16": cfg.model.bf16, "seed": cfg.seed,
                 "data": cfg.data.model_dump(exclude={"data_dir"})}
-    upstream = sorted({variant.init, variant.reference, *sources})
-    return run.run_stage(name, settings, upstream, build)
+    return settings, sorted({variant.init, variant.reference, *PAIR_SOURCES[variant.data]})

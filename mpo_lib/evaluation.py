@@ -57,9 +57,15 @@ PAPER_CASES = {
 }
 
 
+def configured_policies(cfg) -> list[str]:
+    """The policy stages the params train, in table order (finished or not)."""
+    trained = {"sft", "dpo", *(cfg.ppo.variants if cfg.ppo else {}), *cfg.ablation_stages()}
+    return [name for name in LABELS if name in trained]
+
+
 def policies(run: Run) -> list[str]:
-    """The finished policy stages of the run, in table order."""
-    return [name for name in LABELS if run.is_complete(name)]
+    """The finished policy stages the params train: a stage left from other params is not evaluated."""
+    return [name for name in configured_policies(run.cfg) if run.is_complete(name)]
 
 
 def eval_prompts(run: Run, heldout_rows: list[dict]) -> list[dict]:
@@ -116,10 +122,15 @@ def run_policy_eval(run: Run, policy: str, prompts: list[dict]) -> dict:
                 "tokens_generated": sum(len(tokenizer(a, add_special_tokens=False)["input_ids"]) for a in answers),
                 "generation_seconds": round(seconds, 1)}
 
-    settings = {"eval": spec.model_dump(include={"max_new_tokens", "temperature", "top_p", "bootstrap_resamples"}),
-                "prompts": config_hash(prompts), "cases": cases, "stop": cfg.resample.stop,
+    return run.run_stage(f"eval_{policy}", *eval_spec(run, policy, prompts), build)
+
+
+def eval_spec(run: Run, policy: str, prompts: list[dict]) -> tuple[dict, list[str]]:
+    cfg = run.cfg
+    settings = {"eval": cfg.eval.model_dump(include={"max_new_tokens", "temperature", "top_p", "bootstrap_resamples"}),
+                "prompts": config_hash(prompts), "cases": case_prompts(run), "stop": cfg.resample.stop,
                 "sample_dtype": cfg.model.sample_dtype, "seed": cfg.seed}
-    return run.run_stage(f"eval_{policy}", settings, [policy, "rm"], build)
+    return settings, [policy, "rm"]
 
 
 def responses(run: Run, policy: str) -> list[dict]:
@@ -246,13 +257,25 @@ def export_human_eval(run: Run) -> Path:
     from .human_eval import export_sheets
 
     folder = run.path / "human_eval"
-    if not (folder / "key.json").exists():
-        items, per_subset = [], {}
-        for item in compared_items(run):
-            if per_subset.setdefault(item["category"], 0) < run.cfg.eval.human_eval_items:
-                per_subset[item["category"]] += 1
-                items.append(item)
-        export_sheets(items, folder, annotators=3, seed=run.cfg.seed)
+    # the sheets hold these stages' answers: other answers make them another evaluation
+    answers = {stage: (run.require(f"eval_{stage}") / "COMPLETE").read_text().strip() for stage in run.cfg.eval.compare}
+    if (folder / "key.json").exists():
+        recorded = read_json(folder / "answers.json") if (folder / "answers.json").exists() else None
+        if recorded != answers:
+            raise RuntimeError(f"{folder} holds sheets for other answers ({recorded}, now {answers}): move it "
+                               "aside (labels included) before exporting new sheets")
+        return folder
+    items, per_subset = [], {}
+    for item in compared_items(run):
+        if per_subset.setdefault(item["category"], 0) < run.cfg.eval.human_eval_items:
+            per_subset[item["category"]] += 1
+            items.append(item)
+    short = {c: n for c, n in per_subset.items() if n < run.cfg.eval.human_eval_items}
+    if short:
+        print(f"human evaluation: only {short} items per subset (eval.human_eval_items="
+              f"{run.cfg.eval.human_eval_items}; raise eval.num_prompts for more)")
+    export_sheets(items, folder, annotators=3, seed=run.cfg.seed)
+    write_json(folder / "answers.json", answers)
     return folder
 
 
@@ -292,14 +315,17 @@ def case_studies(run: Run) -> list[dict]:
 
 def compute_rows(run: Run) -> list[dict]:
     """What each finished stage cost: samples seen, tokens generated, wall-clock seconds."""
-    rows = []
-    for folder in sorted(run.path.iterdir(), key=lambda p: (p / "COMPLETE").stat().st_mtime
-                         if (p / "COMPLETE").exists() else 0):
-        if not (folder / "COMPLETE").exists():
-            continue
+    cfg, rows = run.cfg, []
+    finished = [f for f in run.path.iterdir() if "." not in f.name and (f / "COMPLETE").exists()]  # no superseded
+    for folder in sorted(finished, key=lambda f: (f / "COMPLETE").stat().st_mtime):
         m = read_json(folder / "metrics.json")
         tokens = m.get("tokens_generated", m.get("new_tokens"))
-        samples = m.get("samples_seen", 2 * m["prompts"] if folder.name == "resample" else None)
+        section = {"sft": cfg.sft, "rm": cfg.rm}.get(folder.name, cfg.dpo if "reward_margin_after" in m else None)
+        samples = m.get("samples_seen")
+        if section is not None:  # TRL stages: optimizer steps x global batch
+            samples = m["optimizer_steps"] * section.batch_size * section.grad_accum * cfg.launch.num_processes
+        elif folder.name == "resample":
+            samples = 2 * m["prompts"]
         rows.append({"stage": folder.name, "samples seen": samples, "tokens generated": tokens,
                      "wall-clock s": m.get("wall_seconds")})
     return rows

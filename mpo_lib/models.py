@@ -110,10 +110,15 @@ def prepare_base(run: Run, texts: list[str]) -> dict:
         tokenizer = AutoTokenizer.from_pretrained(_full_path(out_dir))
         return {"model": cfg.model.name, "vocab_size": len(tokenizer)}
 
+    return run.run_stage("base", *base_spec(cfg, texts), build)
+
+
+def base_spec(cfg: Config, texts: list[str]) -> tuple[dict, list[str]]:
+    """(settings, upstream stages) of stage `base`: what its config hash covers."""
     settings = cfg.model.model_dump(include={"name", "tiny"})
     if cfg.model.name == "tiny":  # the tokenizer is trained on the run's text
         settings["text"] = len(texts), sum(map(len, texts))
-    return run.run_stage("base", settings, [], build)
+    return settings, []
 
 
 def _full_path(stage_dir: Path) -> str:

@@ -1,6 +1,7 @@
 """`python -m mpo_lib pipeline`: execute the numbered notebooks in order with papermill, each
 into runs/<run_name>/notebooks/, with one progress line per notebook. Finished stages are
-reused, so re-running the pipeline resumes where it stopped."""
+reused, so re-running the pipeline resumes where it stopped; before it starts, it prints which
+stages it will reuse, resume, build or re-run, and why."""
 from __future__ import annotations
 
 import time
@@ -9,7 +10,9 @@ from pathlib import Path
 from . import evaluation
 from .artifacts import Run
 from .config import ABLATIONS, PROJECT_ROOT, DPOVariant, PPOVariant, load_config
+from .data import load_preferences
 from .figures import copy_to_repository
+from .lineage import plan
 
 NOTEBOOKS = PROJECT_ROOT / "notebooks"
 
@@ -23,7 +26,16 @@ def notebooks(until: str | None = None) -> list[Path]:
     return found
 
 
-def run_pipeline(params_file: str, run_dir: str | None = None, until: str | None = None) -> Path:
+def print_plan(run: Run) -> list[dict]:
+    """What a full run would do with each stage, and why (mpo_lib.lineage)."""
+    rows = plan(run, load_preferences(run.cfg))
+    for row in rows:
+        print(f"plan: {row['stage']:<18} {row['action']:<7} {row['why']}", flush=True)
+    return rows
+
+
+def run_pipeline(params_file: str, run_dir: str | None = None, until: str | None = None,
+                 dry_run: bool = False) -> Path:
     import papermill
 
     cfg = load_config(params_file)  # fail on bad params before any notebook starts
@@ -31,6 +43,13 @@ def run_pipeline(params_file: str, run_dir: str | None = None, until: str | None
         raise NotImplementedError(f"{params_file}: launch.num_processes={cfg.launch.num_processes}: multi-process "
                                   "launch (accelerate + DeepSpeed) is not implemented yet; run with 1 process")
     run = Run(cfg, run_dir)
+    if dry_run:
+        print_plan(run)
+        return run.path
+    try:
+        print_plan(run)
+    except (ValueError, RuntimeError, OSError, KeyError) as exc:  # it informs; the notebooks report errors
+        print(f"plan unavailable ({type(exc).__name__}: {exc}); running the notebooks", flush=True)
     out_dir = run.path / "notebooks"
     out_dir.mkdir(exist_ok=True)
     selected = notebooks(until)

@@ -442,16 +442,24 @@ def train_ppo(run: Run, name: str, variant: PPOVariant, out_dir: Path, roles: Ro
             "tokens_generated": round(sum(h["response_length"] for h in history) * spec.rollout_batch_size)}
 
 
-def run_ppo(run: Run, name: str) -> dict:
-    """Stage `name`: a key of ppo.variants (`mpo`, `ppo_full`) or a PPO ablation (`ppo_hard`, ...)."""
-    cfg = run.cfg
+def ppo_variant(cfg, name: str) -> PPOVariant:
+    """A key of ppo.variants (`mpo`, `ppo_full`) or a PPO ablation (`ppo_hard`, ...)."""
     variants = {**{n: v for n, v in ABLATIONS.items() if isinstance(v, PPOVariant)}, **(cfg.ppo.variants if cfg.ppo else {})}
     if cfg.ppo is None or name not in variants:
         raise ValueError(f"no PPO stage {name!r}: not in ppo.variants nor a PPO ablation "
                          f"({sorted(variants) if cfg.ppo else 'the params have no ppo section'})")
-    variant = variants[name]
+    return variants[name]
+
+
+def ppo_spec(cfg, name: str) -> tuple[dict, list[str]]:
+    variant = ppo_variant(cfg, name)
     settings = {"ppo": cfg.ppo.model_dump(exclude={"variants"}), "variant": variant.model_dump(),
                 "lora": cfg.model.lora and cfg.model.lora.model_dump(), "bf16": cfg.model.bf16, "seed": cfg.seed,
                 "stop": cfg.resample.stop, "max_prompt_tokens": cfg.data.max_prompt_tokens}
-    upstream = sorted({variant.init, variant.reference, "rm", prompt_source(variant)})
-    return run.run_stage(name, settings, upstream, lambda out_dir: train_ppo(run, name, variant, out_dir))
+    return settings, sorted({variant.init, variant.reference, "rm", prompt_source(variant)})
+
+
+def run_ppo(run: Run, name: str) -> dict:
+    """Stage `name`: a key of ppo.variants or a PPO ablation."""
+    variant = ppo_variant(run.cfg, name)
+    return run.run_stage(name, *ppo_spec(run.cfg, name), lambda out_dir: train_ppo(run, name, variant, out_dir))

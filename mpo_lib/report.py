@@ -50,7 +50,10 @@ def tables(run: Run) -> str:
     parts += ["## Table 3: mean reward on held-out prompts (95% bootstrap interval)",
               ("The paper's rewards come from its own LLaMA-2-7B reward model: compare the order of the policies "
                "and the gaps between them, not absolute values.\n"), markdown_table(evaluation.table3(run)),
-              "## Table 6: ablations", markdown_table(evaluation.table6(run))]
+              "## Table 6: ablations", markdown_table(evaluation.table6(run)),
+              "## Fig. 4: DPO and PPO trained on D^e, D^h or everything",
+              ("![Fig. 4](figures/fig4_easy_hard_full.png)\n\nThe paper (HH-RLHF, γ = 2) quotes DPO on D^e 1.907 and on "
+               "everything 1.859 (Section 4.2; Table 3 gives 1.499 for its DPO), and PPO best with every prompt.\n")]
     if judged:
         a, b = cfg.eval.compare
         parts += [(f"## Table 4: pairwise judge, {evaluation.LABELS[a]} vs {evaluation.LABELS[b]} (both orders; "

@@ -136,10 +136,13 @@ def run_resample(run: Run, train_rows: list[dict]) -> dict:
                 "new_tokens_per_second": round(new_tokens / generation_seconds, 1),
                 "reward_gap_mean": float(gaps.mean()), "reward_gap_median": float(np.median(gaps))}
 
-    settings = {"resample": spec.model_dump(), "sample_dtype": cfg.model.sample_dtype,
-                "max_prompt_tokens": cfg.data.max_prompt_tokens, "rm_max_length": cfg.rm.max_length,
-                "seed": cfg.seed}
-    return run.run_stage("resample", settings, ["sft", "rm"], build)
+    return run.run_stage("resample", *resample_spec(cfg), build)
+
+
+def resample_spec(cfg) -> tuple[dict, list[str]]:
+    return {"resample": cfg.resample.model_dump(), "sample_dtype": cfg.model.sample_dtype,
+            "max_prompt_tokens": cfg.data.max_prompt_tokens, "rm_max_length": cfg.rm.max_length,
+            "seed": cfg.seed}, ["sft", "rm"]
 
 
 def split_by_gap(pairs: list[dict], gamma: float) -> tuple[list[dict], list[dict]]:
@@ -172,8 +175,12 @@ def run_split(run: Run) -> dict:
         Dataset.from_list(hard).save_to_disk(out_dir / "hard")
         return {"gamma": cfg.split.gamma, "prompts": len(pairs), "easy": len(easy), "hard": len(hard)}
 
+    return run.run_stage("split", *split_spec(cfg), build)
+
+
+def split_spec(cfg) -> tuple[dict, list[str]]:
     # only gamma decides the sets; the reported gammas and figure bins do not re-run DPO and PPO
-    return run.run_stage("split", {"gamma": cfg.split.gamma}, ["resample"], build)
+    return {"gamma": cfg.split.gamma}, ["resample"]
 
 
 def sizes_by_gamma(run: Run, gammas: list[float]) -> dict[str, dict[str, int]]:

@@ -75,9 +75,12 @@ def run_reward(run: Run, train_rows: list[dict], heldout_rows: list[dict]) -> di
         return {"train_rows": len(parts["train"]), "train_rows_used": len(trainer.train_dataset),
                 "validation_rows": len(parts["test"]), **metrics}
 
-    settings = {"rm": cfg.rm.model_dump(), "lora": cfg.model.lora and cfg.model.lora.model_dump(),
-                "bf16": cfg.model.bf16, "data": cfg.data.model_dump(exclude={"data_dir"}), "seed": cfg.seed}
-    return run.run_stage("rm", settings, ["base"], build)
+    return run.run_stage("rm", *rm_spec(cfg), build)
+
+
+def rm_spec(cfg) -> tuple[dict, list[str]]:
+    return {"rm": cfg.rm.model_dump(), "lora": cfg.model.lora and cfg.model.lora.model_dump(),
+            "bf16": cfg.model.bf16, "data": cfg.data.model_dump(exclude={"data_dir"}), "seed": cfg.seed}, ["base"]
 
 
 def shorter_wins(chosen: str, rejected: str) -> float:

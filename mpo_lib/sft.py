@@ -28,7 +28,9 @@ def run_sft(run: Run, rows: list[dict]) -> dict:
         save_stage_model(trainer.model, out_dir, "base", run)
         return {"rows": len(rows), "rows_used": len(trainer.train_dataset), **metrics}
 
-    settings = {"sft": cfg.sft.model_dump(), "lora": cfg.model.lora and cfg.model.lora.model_dump(),
-                "bf16": cfg.model.bf16,
-                "data": cfg.data.model_dump(exclude={"data_dir"}), "seed": cfg.seed}
-    return run.run_stage("sft", settings, ["base"], build)
+    return run.run_stage("sft", *sft_spec(cfg), build)
+
+
+def sft_spec(cfg) -> tuple[dict, list[str]]:
+    return {"sft": cfg.sft.model_dump(), "lora": cfg.model.lora and cfg.model.lora.model_dump(),
+            "bf16": cfg.model.bf16, "data": cfg.data.model_dump(exclude={"data_dir"}), "seed": cfg.seed}, ["base"]

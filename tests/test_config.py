@@ -42,7 +42,8 @@ def test_wrong_type_names_the_key(tmp_path):
     ({"model": {"max_position": 128}}, "sft.max_length=160 exceeds model.max_position=128"),
     ({"data": {"holdout": 0}}, "set data.holdout > 0"),
     ({"rm": {"subsets": ["red-team-attempts"]}}, "must be among data.subsets"),
-    ({"dpo": {"data": "mixed"}}, "dpo.data: Input should be 'easy', 'hard', 'full' or 'offline'"),
+    ({"ablations": ["dpo_ful"]}, "ablations: unknown 'dpo_ful'; did you mean 'dpo_full'?"),
+    ({"ablations": [], "eval": {"compare": ["mpo", "ppo_hard"]}}, "eval.compare: 'ppo_hard' is not a policy these params train"),
 ])
 def test_impossible_values_are_rejected(override, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace("[", r"\[")):

@@ -389,3 +389,26 @@ def test_git_strips_notebook_outputs_with_the_repositorys_filter(tmp_path):
     committed = nbformat.reads(git("show", ":executed.ipynb").stdout, as_version=4)
     assert committed.cells[0].outputs == [] and committed.cells[0].execution_count is None
     assert committed.cells[0].source == "print(1)"
+
+
+# ---------------------------------------------------------------------------- lineage
+
+def test_the_plan_names_exactly_the_stages_a_params_change_reruns_and_why(smoke_run):
+    from mpo_lib.data import load_preferences
+    from mpo_lib.lineage import plan
+
+    splits = load_preferences(smoke_run.cfg)
+    planned = plan(smoke_run, splits)
+    assert {row["action"] for row in planned} == {"reuse"}  # the hashes the stages recorded
+    finished = {p.parent.name for p in smoke_run.path.glob("*/COMPLETE") if "." not in p.parent.name}
+    assert {row["stage"] for row in planned} == finished
+    changed = Run(load_config(SMOKE, {"dpo": {"beta": 0.2}}), smoke_run.path)
+    rows = {row["stage"]: row for row in plan(changed, splits)}
+    dpo_stages = {"dpo", "dpo_full", "dpo_hard", "dpo_base", "mpo_reverse", "mpo_reverse_sft"}
+    downstream = {"mpo", "mpo_sft_kl"}  # PPO from the DPO model
+    rerun = dpo_stages | downstream
+    assert {s for s, row in rows.items() if row["action"] != "reuse"} == rerun | {f"eval_{s}" for s in rerun}
+    assert rows["dpo"]["why"] == "settings changed: dpo.beta"
+    assert rows["mpo"]["why"] == "dpo re-runs"
+    assert rows["eval_mpo"]["why"] == "mpo re-runs"
+    assert rows["ppo_full"]["action"] == rows["split"]["action"] == "reuse"
