@@ -327,7 +327,7 @@ def compute_rows(run: Run) -> list[dict]:
         elif folder.name == "resample":
             samples = 2 * m["prompts"]
         rows.append({"stage": folder.name, "samples seen": samples, "tokens generated": tokens,
-                     "wall-clock s": m.get("wall_seconds")})
+                     "wall-clock s": round(m.get("wall_seconds") or 0)})
     return rows
 
 
