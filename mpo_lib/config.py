@@ -269,14 +269,17 @@ class Config(_Section):
         for name in self.ablation_stages():
             if isinstance(ABLATIONS[name], PPOVariant) and self.ppo is None:
                 raise ValueError(f"ablations: {name!r} is (or needs) a PPO run: add a ppo section")
-        trained = {"sft", "dpo", *(self.ppo.variants if self.ppo else {}), *self.ablation_stages()}
         for name in self.eval.compare:
-            if name not in trained:
+            if name not in self.trained_policies():
                 raise ValueError(f"eval.compare: {name!r} is not a policy these params train "
-                                 f"({', '.join(sorted(trained))})")
+                                 f"({', '.join(sorted(self.trained_policies()))})")
         if self.rm.subsets and not set(self.rm.subsets) <= set(self.data.subsets):
             raise ValueError(f"rm.subsets {self.rm.subsets} must be among data.subsets {self.data.subsets}")
         return self
+
+    def trained_policies(self) -> list[str]:
+        """Every policy stage these params train, in pipeline order."""
+        return ["sft", "dpo", *(self.ppo.variants if self.ppo else {}), *self.ablation_stages()]
 
     def ablation_stages(self) -> list[str]:
         """The chosen ablations plus the ablations they start from, in catalogue (dependency) order."""

@@ -59,8 +59,7 @@ PAPER_CASES = {
 
 def configured_policies(cfg) -> list[str]:
     """The policy stages the params train, in table order (finished or not)."""
-    trained = {"sft", "dpo", *(cfg.ppo.variants if cfg.ppo else {}), *cfg.ablation_stages()}
-    return [name for name in LABELS if name in trained]
+    return [name for name in LABELS if name in cfg.trained_policies()]
 
 
 def policies(run: Run) -> list[str]:

@@ -17,8 +17,7 @@ def planned_stages(cfg) -> list[str]:
     """Every stage of a full pipeline run, in the order the notebooks build them."""
     from .evaluation import configured_policies
 
-    trained = ["dpo", *(cfg.ppo.variants if cfg.ppo else {}), *cfg.ablation_stages()]
-    return ["base", "data", "sft", "rm", "resample", "split", *trained,
+    return ["base", "data", "sft", "rm", "resample", "split", *[p for p in cfg.trained_policies() if p != "sft"],
             *[f"eval_{policy}" for policy in configured_policies(cfg)]]
 
 
