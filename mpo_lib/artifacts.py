@@ -52,7 +52,7 @@ def announce_resume(out_dir: Path, step: int, checkpoint: Path) -> None:
           f"at step {step}, from {checkpoint}", flush=True)
 
 
-def _marker(folder: Path) -> str | None:
+def completed_hash(folder: Path) -> str | None:
     """The config hash a folder was completed with, if it was."""
     return (folder / MARKER).read_text().strip() if (folder / MARKER).exists() else None
 
@@ -98,10 +98,14 @@ class Run:
             raise FileNotFoundError(f"stage {stage!r} has not finished in {self.path}: run its notebook first")
         recorded = read_json(self.stage_dir(stage) / "config.json")["upstream"]
         for name, digest in recorded.items():
-            if (self.require(name) / MARKER).read_text().strip() != digest:
+            if self.stage_hash(name) != digest:
                 raise RuntimeError(f"stage {stage!r} in {self.path} was built on an earlier {name!r}, which has "
                                    f"been re-run since: re-run {stage!r} (its notebook) before using it")
         return self.stage_dir(stage)
+
+    def stage_hash(self, stage: str) -> str:
+        """The config hash a finished, current stage was built with (its COMPLETE marker)."""
+        return completed_hash(self.require(stage))
 
     def metrics(self, stage: str) -> dict:
         return read_json(self.require(stage) / "metrics.json")
@@ -117,16 +121,16 @@ class Run:
         The hash covers the settings and the upstream stages' hashes, so a change re-runs
         this stage and everything downstream of it.
         """
-        upstream_hashes = {name: (self.require(name) / MARKER).read_text().strip() for name in upstream}
+        upstream_hashes = {name: self.stage_hash(name) for name in upstream}
         digest = config_hash({"stage": stage, "settings": settings, "upstream": upstream_hashes})
         final = self.stage_dir(stage)
-        if _marker(final) == digest:
+        if completed_hash(final) == digest:
             print(f"[{stage}] finished earlier with the same config ({digest}): reusing {final}")
             return read_json(final / "metrics.json")
 
         partial = self.path / f"{stage}.partial"
         try:
-            if _marker(partial) != digest:
+            if completed_hash(partial) != digest:
                 self._prepare_partial(partial, {"settings": settings, "upstream": upstream_hashes, "hash": digest})
                 started = time.time()
                 metrics = build(partial)

@@ -225,10 +225,9 @@ def make_judge(run: Run, kind: str):
                                     AutoTokenizer.from_pretrained(path), name=f"local:{run.cfg.eval.judge_model}")
     cfg, tokenizer = run.cfg, load_tokenizer(run)
     reward_model = load_stage_model(run, "rm", head="score").to(device())
-    rm_hash = (run.require("rm") / "COMPLETE").read_text().strip()
     return judge.RewardMarginJudge(
         lambda prompts, answers: score(reward_model, tokenizer, prompts, answers, 2, cfg.rm.max_length, cfg.model.bf16),
-        name=f"rm:{rm_hash}", tie_margin=cfg.eval.tie_margin)
+        name=f"rm:{run.stage_hash('rm')}", tie_margin=cfg.eval.tie_margin)
 
 
 def table4(run: Run) -> dict[str, dict]:
@@ -257,7 +256,7 @@ def export_human_eval(run: Run) -> Path:
 
     folder = run.path / "human_eval"
     # the sheets hold these stages' answers: other answers make them another evaluation
-    answers = {stage: (run.require(f"eval_{stage}") / "COMPLETE").read_text().strip() for stage in run.cfg.eval.compare}
+    answers = {stage: run.stage_hash(f"eval_{stage}") for stage in run.cfg.eval.compare}
     if (folder / "key.json").exists():
         recorded = read_json(folder / "answers.json") if (folder / "answers.json").exists() else None
         if recorded != answers:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 
-from .artifacts import MARKER, RESUME_STATE, Run, config_hash, read_json
+from .artifacts import RESUME_STATE, Run, completed_hash, config_hash, read_json
 from .data import Splits, corpus
 
 
@@ -71,12 +71,12 @@ def plan(run: Run, splits: Splits) -> list[dict]:
         digest = config_hash({"stage": stage, "settings": settings, "upstream": upstream_hashes})
         digests[stage] = digest
         final, partial = run.stage_dir(stage), run.path / f"{stage}.partial"
-        if (final / MARKER).exists() and (final / MARKER).read_text().strip() == digest:
+        if completed_hash(final) == digest:
             rows.append({"stage": stage, "action": "reuse", "why": "finished with the same config"})
         elif (partial / "config.json").exists() and read_json(partial / "config.json").get("hash") == digest \
                 and any((partial / name).exists() for name in RESUME_STATE):
             rows.append({"stage": stage, "action": "resume", "why": "an interrupted attempt with the same config"})
-        elif not (final / MARKER).exists():
+        elif completed_hash(final) is None:
             rows.append({"stage": stage, "action": "build", "why": "new"})
         else:
             recorded = read_json(final / "config.json")
