@@ -18,8 +18,10 @@ export TOKENIZERS_PARALLELISM ?= false
 	if git rev-parse --git-dir >/dev/null 2>&1; then .venv/bin/nbstripout --install --attributes .gitattributes; fi
 	touch $@
 
-run: .venv/installed  ## the main job: cpu_small, every notebook
-	$(PY) -m mpo_lib pipeline --params params/cpu_small.yaml
+PARAMS ?= params/cpu_small.yaml
+
+run: .venv/installed  ## the main job: cpu_small (or PARAMS=params/X.yaml), every notebook
+	$(PY) -m mpo_lib pipeline --params $(PARAMS)
 
 smoke: .venv/installed  ## the whole pipeline on the tiny smoke model
 	$(PY) -m mpo_lib pipeline --params params/smoke.yaml

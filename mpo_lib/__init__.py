@@ -3,8 +3,8 @@ config (params), data, models, artifacts (run directory), one module per stage
 (stats, sft, reward, resample, dpo), figures, pipeline (papermill) and the CLI."""
 import sys
 
-# peft imports bitsandbytes whenever it is installed (~120 MB resident and a second in every process);
-# the kit has no 4-bit path that needs it, so its processes see it as not installed (find_spec -> None)
+# peft imports bitsandbytes whenever it is installed (~120 MB resident and a second in every process):
+# hidden (find_spec -> None) until a run's params need it (4-bit base, 8-bit optimizer: Run exposes it)
 sys.modules.setdefault("bitsandbytes", None)
 
 from .artifacts import Run

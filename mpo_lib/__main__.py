@@ -29,15 +29,27 @@ def data_command(args) -> None:
 
 
 def pipeline_command(args) -> None:
+    if args.dry_run:
+        from .dryrun import dry_run, print_dry_run
+        cfg = load_config(args.params)
+        existing = Run(cfg, args.run_dir) if Run.folder(cfg, args.run_dir).is_dir() else None  # its split, if done
+        print_dry_run(dry_run(cfg, args.params, existing))
+        return
     from .pipeline import run_pipeline
     run_pipeline(args.params, args.run_dir, args.until, args.plan)
+
+
+def stage_command(args) -> None:
+    from .launch import worker_main
+    worker_main(args.params, args.run_dir, args.stage)
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m mpo_lib", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     for name, handler, help_text in (("data", data_command, "dataset statistics (Table 1)"),
-                                     ("pipeline", pipeline_command, "run the notebooks in order with papermill")):
+                                     ("pipeline", pipeline_command, "run the notebooks in order with papermill"),
+                                     ("stage", stage_command, "train one stage (what `accelerate launch` runs)")):
         sub = commands.add_parser(name, help=help_text)
         sub.add_argument("--params", required=True, help="params/X.yaml")
         sub.add_argument("--run-dir", help="default: runs/<run_name>")
@@ -46,6 +58,11 @@ def main(argv=None) -> int:
             sub.add_argument("--until", help="last notebook number to run, e.g. 04")
             sub.add_argument("--plan", action="store_true",
                              help="print which stages would be reused / resumed / built / re-run, and why; run nothing")
+            sub.add_argument("--dry-run", action="store_true",
+                             help="print each stage's launch, batch sizes, optimizer steps and memory per device; "
+                                  "run nothing")
+        if name == "stage":
+            sub.add_argument("stage", help="sft, rm, dpo, a PPO variant or an ablation")
     args = parser.parse_args(argv)
     try:
         args.handler(args)

@@ -3,12 +3,9 @@ stage trained by the same DPO or PPO code as the main stages, with the variant t
 from __future__ import annotations
 
 from .artifacts import Run
-from .config import ABLATIONS, DPOVariant
-from .dpo import run_dpo
-from .ppo import run_ppo
+from .launch import run_stage
 
 
-def run_ablations(run: Run, train_rows: list[dict]) -> dict[str, dict]:
+def run_ablations(run: Run) -> dict[str, dict]:
     """Train the chosen ablations and those they start from, in dependency order."""
-    return {name: run_dpo(run, train_rows, name) if isinstance(ABLATIONS[name], DPOVariant) else run_ppo(run, name)
-            for name in run.cfg.ablation_stages()}
+    return {name: run_stage(run, name) for name in run.cfg.ablation_stages()}

@@ -12,11 +12,13 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 from .config import PROJECT_ROOT, Config
+from .distributed import barrier, is_main_process, rank_and_world
 
 MARKER = "COMPLETE"
 # what a killed attempt leaves for the next one with the same config: TRL's checkpoints (trainer/)
@@ -33,7 +35,10 @@ def config_hash(payload: dict) -> str:
 
 
 def write_json(path: Path, payload) -> None:
-    """Write JSON atomically (temp file + rename), so a killed process never leaves half a file."""
+    """Write JSON atomically (temp file + rename), so a killed process never leaves half a file.
+    Launched workers other than rank 0 write nothing: the main process writes the run directory."""
+    if not is_main_process():
+        return
     tmp = path.with_name(path.name + ".tmp")
     try:
         tmp.write_text(json.dumps(payload, indent=2, sort_keys=True, default=str))
@@ -69,11 +74,18 @@ def _is_disk_full(exc: BaseException | None) -> bool:
 class Run:
     def __init__(self, cfg: Config, run_dir: str | Path | None = None):
         self.cfg = cfg
-        root = Path(run_dir) if run_dir else Path(os.environ.get("MPO_RUNS_DIR", PROJECT_ROOT / "runs")) / cfg.run_name
-        self.path = root.resolve()
+        if cfg.uses_bitsandbytes() and sys.modules.get("bitsandbytes", False) is None:
+            del sys.modules["bitsandbytes"]  # hidden by mpo_lib/__init__ until params need it
+        self.path = self.folder(cfg, run_dir)
         self.path.mkdir(parents=True, exist_ok=True)
         (self.path / "figures").mkdir(exist_ok=True)
         self._check_owner()
+
+    @staticmethod
+    def folder(cfg: Config, run_dir: str | Path | None = None) -> Path:
+        """run_dir, else $MPO_RUNS_DIR/<run_name>, else runs/<run_name> in the project."""
+        root = Path(run_dir) if run_dir else Path(os.environ.get("MPO_RUNS_DIR", PROJECT_ROOT / "runs")) / cfg.run_name
+        return root.resolve()
 
     def _check_owner(self) -> None:
         """A run directory belongs to one run_name: refuse to mix stages of two profiles."""
@@ -123,29 +135,36 @@ class Run:
         """
         upstream_hashes = {name: self.stage_hash(name) for name in upstream}
         digest = config_hash({"stage": stage, "settings": settings, "upstream": upstream_hashes})
-        final = self.stage_dir(stage)
-        if completed_hash(final) == digest:
+        final, partial = self.stage_dir(stage), self.path / f"{stage}.partial"
+        finished, marked = completed_hash(final) == digest, completed_hash(partial) == digest
+        barrier()  # every launched worker decides on the same files before the main one changes them
+        if finished:
             print(f"[{stage}] finished earlier with the same config ({digest}): reusing {final}")
             return read_json(final / "metrics.json")
-
-        partial = self.path / f"{stage}.partial"
         try:
-            if completed_hash(partial) != digest:
-                self._prepare_partial(partial, {"settings": settings, "upstream": upstream_hashes, "hash": digest})
+            if not marked:
+                if is_main_process():
+                    self._prepare_partial(partial, {"settings": settings, "upstream": upstream_hashes, "hash": digest})
+                barrier()
                 started = time.time()
-                metrics = build(partial)
-                metrics["wall_seconds"] = round(time.time() - started, 1)
-                for name in RESUME_STATE:  # only needed to resume; a finished stage never does
-                    shutil.rmtree(partial / name, ignore_errors=True)
-                write_json(partial / "metrics.json", metrics)
-                (partial / MARKER).write_text(digest + "\n")
+                metrics = build(partial)  # every launched process trains; the main one writes
+                barrier()
+                if is_main_process():
+                    metrics["wall_seconds"] = round(time.time() - started, 1)
+                    metrics["workers"] = rank_and_world()[1]
+                    for name in RESUME_STATE:  # only needed to resume; a finished stage never does
+                        shutil.rmtree(partial / name, ignore_errors=True)
+                    write_json(partial / "metrics.json", metrics)
+                    (partial / MARKER).write_text(digest + "\n")
             # else: killed after its marker, before the rename below; the attempt is finished
-            if final.exists():  # a finished stage with other settings: keep it, out of the way
-                stamp, n = time.strftime("%Y%m%d-%H%M%S"), 0
-                while (self.path / f"{stage}.superseded-{stamp}-{n}").exists():
-                    n += 1
-                final.rename(self.path / f"{stage}.superseded-{stamp}-{n}")
-            partial.rename(final)
+            if is_main_process():
+                if final.exists():  # a finished stage with other settings: keep it, out of the way
+                    stamp, n = time.strftime("%Y%m%d-%H%M%S"), 0
+                    while (self.path / f"{stage}.superseded-{stamp}-{n}").exists():
+                        n += 1
+                    final.rename(self.path / f"{stage}.superseded-{stamp}-{n}")
+                partial.rename(final)
+            barrier()
         except Exception as exc:
             if not _is_disk_full(exc):
                 raise

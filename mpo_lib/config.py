@@ -6,6 +6,7 @@ to decide whether a finished stage can be reused. Errors name the params file an
 from __future__ import annotations
 
 import difflib
+import json
 import os
 import re
 import typing
@@ -13,7 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 # credentials by key name, or by value (OpenAI, Hugging Face, GitHub, AWS key formats)
@@ -54,6 +55,10 @@ class ModelConfig(_Section):
     bf16: bool = False  # bf16 mixed precision for training (works on CPU too)
     sample_dtype: Literal["float32", "bfloat16"] = "float32"
     max_position: int | None = Field(None, gt=0, description="the model's context; read from its config if unset")
+    # QLoRA (one GPU): the frozen base in 4-bit NF4 (bitsandbytes), LoRA adapters trained on top
+    quantization: Literal["4bit"] | None = None
+    # unset: the trainers' AdamW; paged_adamw_8bit: bitsandbytes' paged 8-bit AdamW (the QLoRA recipe's)
+    optimizer: Literal["paged_adamw_8bit"] | None = None
 
 
 class DataConfig(_Section):
@@ -91,6 +96,9 @@ class TrainConfig(_Section):
     weight_decay: float = Field(0.0, ge=0)
     max_length: int = Field(gt=0)
     max_rows: int | None = Field(None, gt=0, description="cap on training rows (small runs)")
+    # recompute activations in backward: memory for time (a 7B model at 1,025 tokens needs it); the
+    # results are the same, so it is not in the stage's hash
+    gradient_checkpointing: bool = Field(False, exclude=True)
     # a checkpoint every N optimizer steps (the last one kept), from which a killed stage resumes;
     # excluded from the stage's hash: how often it saves does not change what it trains
     save_steps: int = Field(50, gt=0, exclude=True)
@@ -161,11 +169,11 @@ class PPOConfig(_Section):
     variants: dict[str, PPOVariant] = {"mpo": PPOVariant(),
                                        "ppo_full": PPOVariant(init="sft", reference="sft", prompts="all")}
     max_steps: int = Field(gt=0, description="PPO steps (one rollout batch each)")
-    rollout_batch_size: int = Field(8, gt=0, description="prompts per step")
-    mini_batch_size: int = Field(8, gt=0, description="sequences per optimizer step")
+    rollout_batch_size: int = Field(8, gt=0, description="prompts per step, over all processes")
+    mini_batch_size: int = Field(8, gt=0, description="sequences per optimizer step, over all processes")
     # sequences per forward/backward (gradient accumulation inside a mini-batch; Table 8's
     # per_device_train_batch_size): memory scales with it, the update does not change
-    micro_batch_size: int | None = Field(None, gt=0, description="unset: mini_batch_size")
+    micro_batch_size: int | None = Field(None, gt=0, description="per process; unset: mini_batch_size")
     ppo_epochs: int = Field(1, gt=0)
     max_new_tokens: int = Field(gt=0)
     temperature: float = Field(1.0, gt=0)
@@ -230,8 +238,12 @@ class EvalConfig(_Section):
 
 
 class LaunchConfig(_Section):
+    """1 process: every stage runs in the notebook's kernel. More: the training stages run under
+    `accelerate launch` (mpo_lib/launch.py) with this many processes in all, on every machine."""
     num_processes: int = Field(1, gt=0)
-    deepspeed_config: str | None = None
+    deepspeed_config: str | None = None  # a DeepSpeed JSON (params/deepspeed/); its ZeRO stage
+    accelerate_config: str | None = None  # an `accelerate config` YAML: multi-node settings (machines, rank, address)
+    device_memory_gb: float | None = Field(None, gt=0, description="the dry run flags stages estimated above it")
 
 
 class Config(_Section):
@@ -249,6 +261,7 @@ class Config(_Section):
     ablations: list[str] = []  # names from ABLATIONS (notebook 06); what an ablation needs runs first
     eval: EvalConfig = EvalConfig()
     launch: LaunchConfig = LaunchConfig()
+    _params: dict = PrivateAttr(default_factory=dict)
 
     @model_validator(mode="after")
     def _consistent(self):
@@ -259,8 +272,26 @@ class Config(_Section):
                                      f"model.max_position={self.model.max_position}")
         if self.model.name == "tiny" and self.model.tiny.hidden_size % self.model.tiny.num_heads:
             raise ValueError("model.tiny.hidden_size must be divisible by model.tiny.num_heads")
-        if self.launch.deepspeed_config and not (PROJECT_ROOT / self.launch.deepspeed_config).is_file():
-            raise ValueError(f"launch.deepspeed_config: {self.launch.deepspeed_config} is not a file")
+        for key in ("deepspeed_config", "accelerate_config"):
+            if (path := getattr(self.launch, key)) and not (PROJECT_ROOT / path).is_file():
+                raise ValueError(f"launch.{key}: {path} is not a file")
+        deepspeed = json.loads((PROJECT_ROOT / self.launch.deepspeed_config).read_text()) \
+            if self.launch.deepspeed_config else {}
+        if self.launch.num_processes == 1 and deepspeed.get("zero_optimization", {}).get("stage") == 3:
+            raise ValueError(f"launch.deepspeed_config {self.launch.deepspeed_config} is ZeRO-3, which partitions the "
+                             "weights across launched processes: it cannot run in-process (launch.num_processes=1); "
+                             "launch more processes or use params/deepspeed/zero2.json")
+        if self.model.quantization == "4bit" and self.model.lora is None:
+            raise ValueError("model.quantization='4bit' needs model.lora: a 4-bit base cannot be fine-tuned in full "
+                             "(QLoRA trains LoRA adapters on the frozen 4-bit weights)")
+        if self.ppo and (world := self.launch.num_processes) > 1:
+            if self.ppo.rollout_batch_size % world:
+                raise ValueError(f"ppo.rollout_batch_size={self.ppo.rollout_batch_size} (global) does not divide over "
+                                 f"launch.num_processes={world}")
+            if self.ppo.mini_batch_size % (self.ppo.micro_batch * world):
+                raise ValueError(f"ppo.mini_batch_size={self.ppo.mini_batch_size} (global) is not a multiple of "
+                                 f"ppo.micro_batch_size={self.ppo.micro_batch} (per device) x "
+                                 f"launch.num_processes={world}")
         for name in self.ablations:  # unknown names first: ablation_stages() needs known ones
             if name not in ABLATIONS:
                 close = difflib.get_close_matches(name, ABLATIONS, n=1)
@@ -276,6 +307,20 @@ class Config(_Section):
         if self.rm.subsets and not set(self.rm.subsets) <= set(self.data.subsets):
             raise ValueError(f"rm.subsets {self.rm.subsets} must be among data.subsets {self.data.subsets}")
         return self
+
+    @property
+    def source_params(self) -> dict:
+        """The params as read, file and overrides merged (excluded-from-hash keys too): what a launched
+        worker is given."""
+        return self._params
+
+    def workers(self) -> dict:
+        """What a launched stage's hash adds: with per-device batches and per-worker seeds, the number of
+        workers changes what trains (nothing for one process, so its hashes stay as they were)."""
+        return {"workers": self.launch.num_processes} if self.launch.num_processes > 1 else {}
+
+    def uses_bitsandbytes(self) -> bool:
+        return self.model.quantization is not None or self.model.optimizer is not None
 
     def trained_policies(self) -> list[str]:
         """Every policy stage these params train, in pipeline order."""
@@ -381,9 +426,11 @@ def load_config(params_file: str | Path | None = None, overrides: dict | None = 
                           "copied into run folders and executed notebooks, so credentials never go there: they "
                           "come from the environment (the judge reads MPO_JUDGE_API_KEY)")
     try:
-        return Config.model_validate(raw)
+        config = Config.model_validate(raw)
     except ValidationError as exc:
         raise ConfigError("\n".join(_explain(err, raw, source) for err in exc.errors())) from None
+    config._params = raw
+    return config
 
 
 def notebook_config(namespace: dict) -> Config:

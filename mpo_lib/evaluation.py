@@ -17,7 +17,7 @@ from pathlib import Path
 from .artifacts import Run, config_hash, read_json, write_json
 from .bootstrap import mean_ci
 from .data import truncate_prompt
-from .models import DTYPES, device, load_stage_model, load_tokenizer
+from .models import DTYPES, device, load_stage_model, load_tokenizer, to_device
 from .resample import generate
 from .reward import score
 
@@ -98,13 +98,13 @@ def run_policy_eval(run: Run, policy: str, prompts: list[dict]) -> dict:
     def build(out_dir: Path) -> dict:
         tokenizer = load_tokenizer(run)
         texts = [p["prompt"] for p in prompts] + cases
-        model = load_stage_model(run, policy).to(device(), DTYPES[cfg.model.sample_dtype])
+        model = to_device(load_stage_model(run, policy), DTYPES[cfg.model.sample_dtype])
         started = time.time()
         answers = [a[0] for a in generate(model, tokenizer, texts, 1, spec.max_new_tokens, spec.batch_size,
                                           spec.temperature, spec.top_p, cfg.resample.stop, cfg.seed)]
         seconds = time.time() - started
         del model
-        reward_model = load_stage_model(run, "rm", head="score").to(device())
+        reward_model = to_device(load_stage_model(run, "rm", head="score"))
         rewards = score(reward_model, tokenizer, texts[:len(prompts)], answers[:len(prompts)], spec.batch_size,
                         cfg.rm.max_length, cfg.model.bf16)
         with open(out_dir / "responses.jsonl", "w") as handle:
@@ -224,7 +224,7 @@ def make_judge(run: Run, kind: str):
         return judge.LocalChatJudge(AutoModelForCausalLM.from_pretrained(path).to(device()),
                                     AutoTokenizer.from_pretrained(path), name=f"local:{run.cfg.eval.judge_model}")
     cfg, tokenizer = run.cfg, load_tokenizer(run)
-    reward_model = load_stage_model(run, "rm", head="score").to(device())
+    reward_model = to_device(load_stage_model(run, "rm", head="score"))
     return judge.RewardMarginJudge(
         lambda prompts, answers: score(reward_model, tokenizer, prompts, answers, 2, cfg.rm.max_length, cfg.model.bf16),
         name=f"rm:{run.stage_hash('rm')}", tie_margin=cfg.eval.tie_margin)
@@ -321,7 +321,7 @@ def compute_rows(run: Run) -> list[dict]:
         section = {"sft": cfg.sft, "rm": cfg.rm}.get(folder.name, cfg.dpo if "reward_margin_after" in m else None)
         samples = m.get("samples_seen")
         if section is not None:  # TRL stages: optimizer steps x global batch
-            samples = m["optimizer_steps"] * section.batch_size * section.grad_accum * cfg.launch.num_processes
+            samples = m["optimizer_steps"] * section.batch_size * section.grad_accum * m.get("workers", 1)
         elif folder.name == "resample":
             samples = 2 * m["prompts"]
         rows.append({"stage": folder.name, "samples seen": samples, "tokens generated": tokens,

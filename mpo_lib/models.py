@@ -19,6 +19,7 @@ from transformers import (AutoConfig, AutoModelForCausalLM, AutoModelForSequence
                           LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast)
 
 from .artifacts import Run, read_json, write_json
+from .distributed import is_main_process
 from .config import Config, ConfigError
 
 SMOLLM2 = "smollm2-135m-instruct"
@@ -28,6 +29,13 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 def device() -> torch.device:
     """Where the kit's own loops (resampling, PPO) run; the TRL trainers place their models themselves."""
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def to_device(model, dtype: torch.dtype | None = None):
+    """The model on the kit's device (in dtype). A 4-bit model was placed when loaded and cannot be cast."""
+    if getattr(model, "is_quantized", False):
+        return model
+    return model.to(device()) if dtype is None else model.to(device(), dtype)
 
 
 def cache_dir() -> Path:
@@ -116,6 +124,8 @@ def prepare_base(run: Run, texts: list[str]) -> dict:
 def base_spec(cfg: Config, texts: list[str]) -> tuple[dict, list[str]]:
     """(settings, upstream stages) of stage `base`: what its config hash covers."""
     settings = cfg.model.model_dump(include={"name", "tiny"})
+    # a 4-bit base or an 8-bit optimizer changes what every stage trains (unset: no key, hashes as before)
+    settings |= cfg.model.model_dump(include={"quantization", "optimizer"}, exclude_defaults=True)
     if cfg.model.name == "tiny":  # the tokenizer is trained on the run's text
         settings["text"] = len(texts), sum(map(len, texts))
     return settings, []
@@ -151,6 +161,8 @@ def load_stage_model(run: Run, stage: str, head: str = "lm", dtype: torch.dtype 
     if record["kind"] == "full":
         auto = AutoModelForCausalLM if head == "lm" else AutoModelForSequenceClassification
         kwargs = {} if head == "lm" else {"num_labels": 1}
+        if run.cfg.model.quantization == "4bit":
+            kwargs["quantization_config"] = four_bit()
         model = auto.from_pretrained(_full_path(stage_dir), dtype=dtype, **kwargs)
         if head == "score":
             model.config.pad_token_id = load_tokenizer(run).pad_token_id
@@ -158,6 +170,13 @@ def load_stage_model(run: Run, stage: str, head: str = "lm", dtype: torch.dtype 
     from peft import PeftModel
     base = load_stage_model(run, record["base_stage"], head, dtype)
     return PeftModel.from_pretrained(base, stage_dir / "adapter").merge_and_unload()
+
+
+def four_bit():
+    """QLoRA's base: NF4 weights with double quantisation, bf16 compute (Dettmers et al., 2023)."""
+    from transformers import BitsAndBytesConfig
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                              bnb_4bit_compute_dtype=torch.bfloat16)
 
 
 def is_adapter(model) -> bool:
@@ -174,7 +193,10 @@ def save_weights(model, folder: Path) -> None:
 
 
 def save_stage_model(trainer_model, out_dir: Path, base_stage: str, run: Run) -> None:
-    """Save what a trainer trained: the adapter with its base stage recorded, or full weights."""
+    """Save what a trainer trained: the adapter with its base stage recorded, or full weights (by the
+    main process only, when launched: every worker holds the same weights)."""
+    if not is_main_process():
+        return
     if is_adapter(trainer_model):
         for config in trainer_model.peft_config.values():
             config.base_model_name_or_path = str(run.stage_dir(base_stage))

@@ -35,15 +35,12 @@ def print_plan(run: Run) -> list[dict]:
 
 
 def run_pipeline(params_file: str, run_dir: str | None = None, until: str | None = None,
-                 dry_run: bool = False) -> Path:
+                 plan_only: bool = False) -> Path:
     import papermill
 
     cfg = load_config(params_file)  # fail on bad params before any notebook starts
-    if cfg.launch.num_processes > 1:
-        raise NotImplementedError(f"{params_file}: launch.num_processes={cfg.launch.num_processes}: multi-process "
-                                  "launch (accelerate + DeepSpeed) is not implemented yet; run with 1 process")
     run = Run(cfg, run_dir)
-    if dry_run:
+    if plan_only:
         print_plan(run)
         return run.path
     try:

@@ -22,6 +22,13 @@ is the RM's merged weights plus its own adapter, and the reward is that backbone
 disabled. Four roles on two backbones. A reference other than the init stage (MPO-sft-kl) costs
 one more backbone. Full fine-tuning keeps four separate models.
 
+Several processes (launch.num_processes > 1, mpo_lib/launch.py): each worker generates, scores and
+updates its share of every rollout batch (rollout_batch_size and mini_batch_size are global,
+micro_batch_size per worker). The token counts of each mini-batch and the gradients are summed over
+the workers before each optimizer step, so the update is the one a single process would make on the
+whole mini-batch (plain all-reduce, as DDP; DeepSpeed ZeRO is not used by this stage). The logged
+statistics cover the whole batch; the main worker alone writes the stage's files.
+
 Checkpoints and faults: every checkpoint_every steps, <stage>.partial/checkpoint/state.pt holds all
 a step depends on (weights, optimizers, schedulers, kl_coef, reward statistics, RNG, steps so far);
 a killed stage resumes from it and ends as an uninterrupted one would. A non-finite loss or a
@@ -32,6 +39,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import random
 import time
 from dataclasses import dataclass
@@ -44,7 +52,8 @@ from tqdm.auto import tqdm
 from .artifacts import Run, announce_resume
 from .config import ABLATIONS, PPOVariant
 from .data import truncate_prompt
-from .models import device, load_stage_model, load_tokenizer, lora_config, save_stage_model
+from .distributed import all_gather, all_reduce, is_main_process, rank_and_world
+from .models import device, load_stage_model, load_tokenizer, lora_config, save_stage_model, to_device
 from .resample import decode_responses, load_pairs, load_split, positions, sample_batch
 from .reward import score
 
@@ -135,7 +144,7 @@ def build_roles(run: Run, variant: PPOVariant, two_backbones: bool | None = None
 
     cfg = run.cfg
     shared = cfg.model.lora is not None if two_backbones is None else two_backbones
-    load = lambda stage, head="lm": load_stage_model(run, stage, head).to(device())
+    load = lambda stage, head="lm": to_device(load_stage_model(run, stage, head))
     policy, critic = load(variant.init), load("rm", "score")
     if not shared:
         if cfg.model.lora is not None:
@@ -247,7 +256,7 @@ class Trainer:
 
     def _normalise(self, scores):
         mean, var, count = self.score_stats
-        for value in scores.tolist():  # Welford's running mean/variance
+        for value in all_gather(scores).tolist():  # Welford's running mean/variance, over every worker's scores
             count += 1
             delta = value - mean
             mean += delta / count
@@ -260,12 +269,13 @@ class Trainer:
         roles.policy.train()
         roles.critic.train()
         stats = {"policy_loss": [], "value_loss": [], "clip_fraction": [], "entropy": [], "max_ratio": []}
-        size = batch["input_ids"].shape[0]
+        size = batch["input_ids"].shape[0]  # this worker's rows
+        mini_size = spec.mini_batch_size // rank_and_world()[1]
         for _ in range(spec.ppo_epochs):
             order = torch.randperm(size)
-            for start in range(0, size, spec.mini_batch_size):
-                mini = order[start:start + spec.mini_batch_size]
-                tokens = batch["mask"][mini].sum().clamp(min=1)
+            for start in range(0, size, mini_size):
+                mini = order[start:start + mini_size]
+                tokens = all_reduce(batch["mask"][mini].sum()).clamp(min=1)  # the whole mini-batch's
                 totals = dict.fromkeys(("policy_loss", "value_loss", "clip_fraction", "entropy"), 0.0)
                 max_ratio = 0.0
                 for idx in mini.split(spec.micro_batch):
@@ -293,16 +303,22 @@ class Trainer:
                         totals[key] += (value.detach() * weight).item()
                 self._step(0)
                 self._step(1)
-                for key, value in totals.items():
+                where = batch["mask"].device  # NCCL reduces tensors on the GPU only
+                summed = all_reduce(torch.tensor(list(totals.values()), dtype=torch.float64, device=where))
+                for key, value in zip(totals, summed.tolist()):
                     stats[key].append(value)
-                stats["max_ratio"].append(max_ratio)
+                stats["max_ratio"].append(all_reduce(torch.tensor(max_ratio, device=where), "max").item())
         for scheduler in self.schedulers:
             scheduler.step()
         return {k: (max(v) if k == "max_ratio" else sum(v) / len(v)) for k, v in stats.items()}
 
     def _step(self, which: int) -> None:
         model = self.roles.policy if which == 0 else self.roles.critic
-        torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)
+        params = [p for p in model.parameters() if p.requires_grad]
+        for p in params:  # each worker holds its share of the token-mean gradient: the sum is the whole
+            if p.grad is not None:  # the same parameters get gradients on every worker
+                all_reduce(p.grad)
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
         self.optimizers[which].step()
         self.optimizers[which].zero_grad(set_to_none=True)
 
@@ -321,10 +337,13 @@ class Trainer:
             self.kl_coef *= 1 + error * self.spec.rollout_batch_size / self.spec.kl_horizon
 
     def step_metrics(self, step: int, batch: dict, losses: dict, seconds: float) -> dict:
+        """Over the whole rollout batch (every worker's rows)."""
         mask = batch["mask"]
-        kl = ((batch["logprobs"] - batch["ref_logprobs"]) * mask).sum(1).mean().item()
-        return {"step": step, "reward_mean": batch["scores"].mean().item(), "reward_std": batch["scores"].std().item(),
-                "kl_to_reference": kl, "kl_coef": self.kl_coef, "response_length": mask.sum(1).mean().item(),
+        scores = all_gather(batch["scores"])
+        kl = all_gather(((batch["logprobs"] - batch["ref_logprobs"]) * mask).sum(1)).mean().item()
+        return {"step": step, "reward_mean": scores.mean().item(), "reward_std": scores.std().item(),
+                "kl_to_reference": kl, "kl_coef": self.kl_coef,
+                "response_length": all_gather(mask.sum(1)).mean().item(),
                 "generation_seconds": round(batch["generation_seconds"], 2), "step_seconds": round(seconds, 2),
                 **losses}
 
@@ -346,7 +365,7 @@ CHECKPOINT = "state.pt"
 
 
 def _log_step(writer, metrics: dict, step: int) -> None:
-    for key, value in metrics.items():
+    for key, value in metrics.items() if writer else ():
         writer.add_scalar(f"ppo/{key}", value, step)
 
 
@@ -403,21 +422,28 @@ def train_ppo(run: Run, name: str, variant: PPOVariant, out_dir: Path, roles: Ro
                          f"ppo.rollout_batch_size={spec.rollout_batch_size}")
     torch.manual_seed(cfg.seed)
     trainer = Trainer(run, variant, roles or build_roles(run, variant), out_dir)
-    batches = prompt_batches(prompts, spec.rollout_batch_size, cfg.seed)
+    batches = prompt_batches(prompts, spec.rollout_batch_size, cfg.seed)  # the same order on every worker
+    rank, world = rank_and_world()
+    share = spec.rollout_batch_size // world
+    main = is_main_process()
     history, samples = load_checkpoint(trainer, out_dir / "checkpoint")
     resumed = len(history)
     if resumed:
         announce_resume(out_dir, resumed, out_dir / "checkpoint" / CHECKPOINT)
         for _ in history:  # the prompt order continues where it stopped
             next(batches)
-    writer = SummaryWriter(str(out_dir / "tensorboard"))
-    with open(out_dir / "samples.jsonl", "w") as log:
+    # the main worker writes the curves, samples and checkpoints; the others, nowhere
+    writer = SummaryWriter(str(out_dir / "tensorboard")) if main else None
+    with open(out_dir / "samples.jsonl" if main else os.devnull, "w") as log:
         for step, metrics in enumerate(history, 1):  # the curves and samples of the resumed steps, again
             _log_step(writer, metrics, step)
         log.writelines(json.dumps(sample) + "\n" for sample in samples)
-        for step in tqdm(range(resumed + 1, spec.max_steps + 1), desc=name, initial=resumed, total=spec.max_steps):
+        for step in tqdm(range(resumed + 1, spec.max_steps + 1), desc=name, initial=resumed, total=spec.max_steps,
+                         disable=not main):
             started = time.time()
-            batch = trainer.rollout(next(batches))
+            if world > 1:  # workers sample independently, and a resumed run samples as an uninterrupted one
+                torch.manual_seed(cfg.seed + step * world + rank)
+            batch = trainer.rollout(next(batches)[rank * share:(rank + 1) * share])
             losses = trainer.update(batch, step)
             metrics = trainer.step_metrics(step, batch, losses, time.time() - started)
             trainer.adapt_kl(metrics["kl_to_reference"])
@@ -426,10 +452,11 @@ def train_ppo(run: Run, name: str, variant: PPOVariant, out_dir: Path, roles: Ro
             if step % spec.sample_every == 0 or step == 1:
                 samples.append({"step": step, "response": batch["responses"][0], "reward": batch["scores"][0].item()})
                 log.write(json.dumps(samples[-1]) + "\n")
-            if step % spec.checkpoint_every == 0:
+            if step % spec.checkpoint_every == 0 and main:
                 save_checkpoint(trainer, out_dir / "checkpoint", history, samples)
-    writer.close()
-    (out_dir / "steps.json").write_text(json.dumps(history, indent=1))
+    if main:
+        writer.close()
+        (out_dir / "steps.json").write_text(json.dumps(history, indent=1))
     save_stage_model(trainer.roles.policy, out_dir, variant.init, run)
     quarter = max(len(history) // 4, 1)
     mean = lambda rows, key: sum(r[key] for r in rows) / len(rows)
@@ -455,7 +482,7 @@ def ppo_spec(cfg, name: str) -> tuple[dict, list[str]]:
     variant = ppo_variant(cfg, name)
     settings = {"ppo": cfg.ppo.model_dump(exclude={"variants"}), "variant": variant.model_dump(),
                 "lora": cfg.model.lora and cfg.model.lora.model_dump(), "bf16": cfg.model.bf16, "seed": cfg.seed,
-                "stop": cfg.resample.stop, "max_prompt_tokens": cfg.data.max_prompt_tokens}
+                "stop": cfg.resample.stop, "max_prompt_tokens": cfg.data.max_prompt_tokens, **cfg.workers()}
     return settings, sorted({variant.init, variant.reference, "rm", prompt_source(variant)})
 
 

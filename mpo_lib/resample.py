@@ -3,7 +3,8 @@
 resample: two completions per prompt from the SFT policy, sampled by the kit's own loop in
 length-sorted batches with the KV cache (prompts encoded once, finished rows dropped at once),
 from a separate copy of the weights in model.sample_dtype (bf16 sampling is ~1.9x faster on CPU),
-stopped at the next "\\n\\nHuman:" turn, then scored by the reward model.
+stopped at the next "\\n\\nHuman:" turn, then scored by the reward model. Launched workers
+(launch.num_processes > 1) each sample and score every world-th prompt, with their own seed.
 split: a prompt whose two rewards differ by more than gamma goes to the easy set D^e as
 (prompt, preferred, dispreferred); every other prompt goes to the hard set D^h.
 """
@@ -20,7 +21,8 @@ from datasets import Dataset, load_from_disk
 from .artifacts import Run
 from .config import ConfigError
 from .data import truncate_prompt
-from .models import DTYPES, device, load_stage_model, load_tokenizer
+from .distributed import gather_objects, is_main_process, rank_and_world
+from .models import DTYPES, load_stage_model, load_tokenizer, to_device
 from .reward import score
 
 
@@ -117,19 +119,31 @@ def run_resample(run: Run, train_rows: list[dict]) -> dict:
     def build(out_dir: Path) -> dict:
         tokenizer = load_tokenizer(run)
         prompts = [truncate_prompt(tokenizer, p, cfg.data.max_prompt_tokens) for p in resample_prompts(cfg, train_rows)]
-        policy = load_stage_model(run, "sft").to(device(), DTYPES[cfg.model.sample_dtype])
+        rank, world = rank_and_world()  # launched workers: each samples and scores every world-th prompt
+        mine = prompts[rank::world]
+        policy = to_device(load_stage_model(run, "sft"), DTYPES[cfg.model.sample_dtype])
         started = time.time()
-        samples = generate(policy, tokenizer, prompts, 2, spec.max_new_tokens, spec.batch_size,
-                           spec.temperature, spec.top_p, spec.stop, cfg.seed)
+        samples = generate(policy, tokenizer, mine, 2, spec.max_new_tokens, spec.batch_size,
+                           spec.temperature, spec.top_p, spec.stop, cfg.seed + rank)
         generation_seconds = time.time() - started
         new_tokens = sum(len(tokenizer(s, add_special_tokens=False)["input_ids"]) for pair in samples for s in pair)
         del policy
-        reward_model = load_stage_model(run, "rm", head="score").to(device())
-        first, second = (score(reward_model, tokenizer, prompts, [pair[k] for pair in samples], spec.score_batch_size,
+        reward_model = to_device(load_stage_model(run, "rm", head="score"))
+        first, second = (score(reward_model, tokenizer, mine, [pair[k] for pair in samples], spec.score_batch_size,
                                cfg.rm.max_length, cfg.model.bf16) for k in (0, 1))
-        Dataset.from_dict({"prompt": prompts, "response_1": [s[0] for s in samples],
-                           "response_2": [s[1] for s in samples], "reward_1": first, "reward_2": second}
-                          ).save_to_disk(out_dir / "pairs")
+        shards = gather_objects({"prompts": mine, "samples": samples, "first": first, "second": second,
+                                 "tokens": new_tokens, "seconds": generation_seconds})
+        # back into prompt order: worker r holds prompts r, r + world, ...
+        merged = {key: [None] * len(prompts) for key in ("prompts", "samples", "first", "second")}
+        for r, shard in enumerate(shards):
+            for key in merged:
+                merged[key][r::world] = shard[key]
+        prompts, samples, first, second = merged["prompts"], merged["samples"], merged["first"], merged["second"]
+        new_tokens, generation_seconds = sum(s["tokens"] for s in shards), max(s["seconds"] for s in shards)
+        if is_main_process():
+            Dataset.from_dict({"prompt": prompts, "response_1": [s[0] for s in samples],
+                               "response_2": [s[1] for s in samples], "reward_1": first, "reward_2": second}
+                              ).save_to_disk(out_dir / "pairs")
         gaps = np.abs(np.asarray(first) - np.asarray(second))
         return {"prompts": len(prompts), "new_tokens": new_tokens,
                 "generation_seconds": round(generation_seconds, 1),
@@ -142,7 +156,7 @@ def run_resample(run: Run, train_rows: list[dict]) -> dict:
 def resample_spec(cfg) -> tuple[dict, list[str]]:
     return {"resample": cfg.resample.model_dump(), "sample_dtype": cfg.model.sample_dtype,
             "max_prompt_tokens": cfg.data.max_prompt_tokens, "rm_max_length": cfg.rm.max_length,
-            "seed": cfg.seed}, ["sft", "rm"]
+            "seed": cfg.seed, **cfg.workers()}, ["sft", "rm"]
 
 
 def split_by_gap(pairs: list[dict], gamma: float) -> tuple[list[dict], list[dict]]:

@@ -80,7 +80,8 @@ def run_reward(run: Run, train_rows: list[dict], heldout_rows: list[dict]) -> di
 
 def rm_spec(cfg) -> tuple[dict, list[str]]:
     return {"rm": cfg.rm.model_dump(), "lora": cfg.model.lora and cfg.model.lora.model_dump(),
-            "bf16": cfg.model.bf16, "data": cfg.data.model_dump(exclude={"data_dir"}), "seed": cfg.seed}, ["base"]
+            "bf16": cfg.model.bf16, "data": cfg.data.model_dump(exclude={"data_dir"}), "seed": cfg.seed,
+            **cfg.workers()}, ["base"]
 
 
 def shorter_wins(chosen: str, rejected: str) -> float:

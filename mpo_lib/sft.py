@@ -33,4 +33,5 @@ def run_sft(run: Run, rows: list[dict]) -> dict:
 
 def sft_spec(cfg) -> tuple[dict, list[str]]:
     return {"sft": cfg.sft.model_dump(), "lora": cfg.model.lora and cfg.model.lora.model_dump(),
-            "bf16": cfg.model.bf16, "data": cfg.data.model_dump(exclude={"data_dir"}), "seed": cfg.seed}, ["base"]
+            "bf16": cfg.model.bf16, "data": cfg.data.model_dump(exclude={"data_dir"}), "seed": cfg.seed,
+            **cfg.workers()}, ["base"]

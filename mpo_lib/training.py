@@ -9,12 +9,13 @@ from pathlib import Path
 import torch
 
 from .artifacts import announce_resume, write_json
+from .distributed import is_main_process
 from .config import Config, TrainConfig
 
 
 def trainer_args(args_class, cfg: Config, section: TrainConfig, out_dir: Path, **extra):
-    """TRL config from one params section. Gradient checkpointing is off (TRL defaults it on):
-    at these sizes it costs time and saves little memory. A checkpoint every section.save_steps
+    """TRL config from one params section. Gradient checkpointing only where the section asks for it
+    (TRL defaults it on): at small sizes it costs time and saves little memory. A checkpoint every section.save_steps
     optimizer steps, only the last one kept, in <stage>.partial/trainer/: a killed stage resumes there."""
     return args_class(
         output_dir=str(out_dir / "trainer"),
@@ -28,13 +29,14 @@ def trainer_args(args_class, cfg: Config, section: TrainConfig, out_dir: Path, *
         max_length=section.max_length,
         bf16=cfg.model.bf16,
         use_cpu=not torch.cuda.is_available(),
-        gradient_checkpointing=False,
+        gradient_checkpointing=section.gradient_checkpointing,
         logging_steps=1,
         save_strategy="steps",
         save_steps=section.save_steps,
         save_total_limit=1,
         report_to="none",
         seed=cfg.seed,
+        **({"optim": cfg.model.optimizer} if cfg.model.optimizer else {}),
         **extra,
     )
 
@@ -50,7 +52,7 @@ def last_checkpoint(folder: Path) -> tuple[int, Path] | None:
         except (OSError, ValueError, KeyError):
             pass
     newest = max(complete, default=None)
-    for path in folder.glob("checkpoint-*"):
+    for path in folder.glob("checkpoint-*") if is_main_process() else ():
         if newest is None or path != newest[1]:
             shutil.rmtree(path)
     return newest

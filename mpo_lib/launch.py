@@ -1,0 +1,112 @@
+"""How a stage that trains or samples at scale (sft, rm, resample, dpo, the PPO variants, the
+ablations) runs: in the notebook's kernel, or under `accelerate launch`.
+
+A notebook cell calls `launch.run_stage(run, "dpo")` whatever the params say. With
+launch.num_processes = 1 the stage runs in-process. With more, the run's resolved params are
+written to <run>/launch/<stage>.yaml and the stage runs as
+
+    accelerate launch --num_processes N [--config_file A] [--use_deepspeed --deepspeed_config_file D]
+        -m mpo_lib stage <stage> --params <run>/launch/<stage>.yaml --run-dir <run>
+
+Every worker trains; the main process alone writes the run directory (artifacts.Run.run_stage). The
+workers' output streams into the cell line by line, and a failed worker fails the cell with the last
+lines it printed. Multi-node runs put the machines, rank and address in an `accelerate config` file
+(launch.accelerate_config). On CPU the workers talk over gloo, which is how the tests run two
+processes on one machine.
+"""
+from __future__ import annotations
+
+import collections
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from .artifacts import Run
+from .config import ABLATIONS, PROJECT_ROOT, Config, DPOVariant
+
+
+class LaunchError(RuntimeError):
+    """A launched worker failed; the message holds its last lines."""
+
+
+def stage_command(cfg: Config, stage: str, params: str, run_dir: str) -> list[str]:
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(cfg.launch.num_processes)]
+    if cfg.launch.accelerate_config:
+        command += ["--config_file", str(PROJECT_ROOT / cfg.launch.accelerate_config)]
+    if cfg.launch.deepspeed_config:
+        command += ["--use_deepspeed", "--deepspeed_config_file", str(PROJECT_ROOT / cfg.launch.deepspeed_config)]
+    elif cfg.launch.num_processes > 1:
+        command += ["--multi_gpu"]  # accelerate's name for one process per device, CPUs included (gloo)
+    if cfg.model.bf16:
+        command += ["--mixed_precision", "bf16"]
+    return command + ["-m", "mpo_lib", "stage", stage, "--params", params, "--run-dir", run_dir]
+
+
+def run_in_process(run: Run, stage: str) -> dict:
+    """Train one stage in this process (a launched worker, or the notebook's kernel)."""
+    from .data import load_preferences
+
+    if stage == "sft":
+        from .data import sft_rows
+        from .sft import run_sft
+        return run_sft(run, sft_rows(run.cfg, load_preferences(run.cfg)))
+    if stage == "rm":
+        from .reward import run_reward
+        splits = load_preferences(run.cfg)
+        return run_reward(run, splits.train, splits.heldout)
+    if stage == "resample":
+        from .resample import run_resample
+        return run_resample(run, load_preferences(run.cfg).train)
+    if stage == "dpo" or isinstance(ABLATIONS.get(stage), DPOVariant):
+        from .dpo import run_dpo
+        return run_dpo(run, load_preferences(run.cfg).train, stage)
+    from .ppo import run_ppo
+    return run_ppo(run, stage)  # a PPO variant or ablation; anything else fails there, naming the choices
+
+
+WORKER_ERROR = "mpo_lib worker error:"
+
+
+def run_stage(run: Run, stage: str) -> dict:
+    """What a notebook cell calls: the stage's metrics, trained in-process or by launched workers."""
+    if run.cfg.launch.num_processes == 1:
+        return run_in_process(run, stage)
+    from .dryrun import zero_stage
+    if zero_stage(run.cfg) == 3:
+        raise LaunchError(f"launch.deepspeed_config {run.cfg.launch.deepspeed_config} is ZeRO-3: the kit's stages save "
+                          "the weights rank 0 holds, a shard under ZeRO-3 (the gathered save is not built). Use "
+                          "params/deepspeed/zero2.json; the dry run plans ZeRO-3 memory")
+    params = run.path / "launch" / f"{stage}.yaml"
+    params.parent.mkdir(exist_ok=True)
+    params.write_text(yaml.safe_dump(run.cfg.source_params, sort_keys=False))
+    command = stage_command(run.cfg, stage, str(params), str(run.path))
+    print("launch:", " ".join(command), flush=True)
+    tail, errors = collections.deque(maxlen=40), []
+    with subprocess.Popen(command, cwd=PROJECT_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          text=True, bufsize=1) as workers:
+        for line in workers.stdout:
+            print(line, end="", flush=True)
+            tail.append(line)
+            if WORKER_ERROR in line:  # the workers' own error, before the launcher's tracebacks
+                errors.append(line.split(WORKER_ERROR, 1)[1].strip())
+    if workers.returncode:
+        raise LaunchError(f"stage {stage}: a launched worker failed (exit {workers.returncode})"
+                          + (f": {errors[0]}" if errors else "") + "; its last lines:\n" + "".join(tail))
+    return run.metrics(stage)
+
+
+def worker_main(params: str, run_dir: str, stage: str) -> None:
+    """`python -m mpo_lib stage`: one launched worker. The process group starts first, so that the
+    main process can prepare the stage's folder while the others wait."""
+    import torch
+    from accelerate import PartialState
+
+    from .config import load_config
+    PartialState(cpu=not torch.cuda.is_available())
+    try:
+        run_in_process(Run(load_config(Path(params)), run_dir), stage)
+    except Exception as exc:  # one line the launcher finds among the launcher's own tracebacks
+        print(f"{WORKER_ERROR} {type(exc).__name__}: {exc}", flush=True)
+        raise

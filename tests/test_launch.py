@@ -1,0 +1,66 @@
+"""The launcher: a stage trained by two launched CPU workers (gloo) matches the same stage in one
+process with the same global batch, and a failing worker fails the caller with its message."""
+import shutil
+
+import pytest
+from safetensors.torch import load_file
+
+from conftest import SMOKE
+from mpo_lib import Run, load_config
+from mpo_lib.artifacts import read_json
+from mpo_lib.launch import LaunchError, run_stage
+from mpo_lib.resample import load_pairs
+
+
+# smoke's PPO mini-batch of 2 sequences splits over two workers one per worker
+TWO_WORKERS = {"launch": {"num_processes": 2}, "ppo": {"micro_batch_size": 1}}
+
+
+def copy_of(run: Run, folder, overrides: dict) -> Run:
+    """The finished smoke stages in a folder of their own, with other params for the stage under test."""
+    shutil.copytree(run.path, folder / "smoke")
+    return Run(load_config(SMOKE, overrides), folder / "smoke")
+
+
+def test_dpo_on_two_workers_matches_one_process_with_the_same_global_batch(smoke_run, tmp_path):
+    # 16 pairs: 4 optimizer steps of 4 pairs, either 4 in one process or 2 in each of two workers
+    one = copy_of(smoke_run, tmp_path / "one", {"dpo": {"batch_size": 4, "max_rows": 16}})
+    two = copy_of(smoke_run, tmp_path / "two", {"dpo": {"batch_size": 2, "max_rows": 16}, **TWO_WORKERS})
+    assert [run_stage(run, "dpo")["workers"] for run in (one, two)] == [1, 2]
+    curves = [[entry["loss"] for entry in read_json(run.stage_dir("dpo") / "log_history.json") if "loss" in entry]
+              for run in (one, two)]
+    assert len(curves[0]) == len(curves[1]) == 4
+    assert curves[1] == pytest.approx(curves[0], abs=1e-5)  # float summation order only
+    assert (two.path / "launch" / "dpo.yaml").exists()  # what the workers were given
+
+
+def test_one_ppo_step_on_two_workers_matches_one_process(smoke_run, tmp_path):
+    # near-greedy sampling: both layouts generate the same responses, so the update can be compared
+    ppo = {"max_steps": 1, "rollout_batch_size": 4, "mini_batch_size": 4, "micro_batch_size": 1, "ppo_epochs": 1,
+           "temperature": 1e-6}
+    one = copy_of(smoke_run, tmp_path / "one", {"ppo": ppo})
+    two = copy_of(smoke_run, tmp_path / "two", {"ppo": ppo, "launch": {"num_processes": 2}})
+    metrics = [run_stage(run, "ppo_full") for run in (one, two)]
+    steps = [read_json(run.stage_dir("ppo_full") / "steps.json")[0] for run in (one, two)]
+    for key in ("reward_mean", "kl_to_reference", "response_length", "policy_loss", "value_loss"):
+        assert steps[1][key] == pytest.approx(steps[0][key], rel=1e-4, abs=1e-6), key
+    assert [m["workers"] for m in metrics] == [1, 2]
+    weights = [load_file(run.stage_dir("ppo_full") / "model" / "model.safetensors") for run in (one, two)]
+    assert max((weights[0][k] - weights[1][k]).abs().max().item() for k in weights[0]) < 1e-5
+
+
+def test_a_failing_worker_fails_the_caller_with_its_message(smoke_run, tmp_path):
+    run = copy_of(smoke_run, tmp_path, TWO_WORKERS)
+    with pytest.raises(LaunchError, match=r"stage no_such_stage: a launched worker failed \(exit \d+\): "
+                                          r"ValueError: no PPO stage 'no_such_stage'"):
+        run_stage(run, "no_such_stage")
+
+
+def test_resampling_on_two_workers_covers_every_prompt_once_in_order(smoke_run, tmp_path):
+    run = copy_of(smoke_run, tmp_path, {"resample": {"num_prompts": 8}, **TWO_WORKERS})
+    metrics = run_stage(run, "resample")
+    pairs = load_pairs(run)
+    # the same prompts, in the same order, as the one-process run's first 8 (resample_prompts is seeded)
+    assert [p["prompt"] for p in pairs] == [p["prompt"] for p in load_pairs(smoke_run)[:8]]
+    assert metrics["workers"] == 2 and metrics["prompts"] == 8  # prompts r, r + 2, ... from worker r
+    assert all(isinstance(p["response_1"], str) and isinstance(p["reward_2"], float) for p in pairs)
