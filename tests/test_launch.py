@@ -23,15 +23,16 @@ def copy_of(run: Run, folder, overrides: dict) -> Run:
 
 
 def test_dpo_on_two_workers_matches_one_process_with_the_same_global_batch(smoke_run, tmp_path):
-    # 16 pairs: 4 optimizer steps of 4 pairs, either 4 in one process or 2 in each of two workers
+    # DPO on 16 of the 32 resampled pairs (dpo_full: the count does not depend on the split): 4 optimizer
+    # steps of 4 pairs, either 4 in one process or 2 in each of two workers
     one = copy_of(smoke_run, tmp_path / "one", {"dpo": {"batch_size": 4, "max_rows": 16}})
     two = copy_of(smoke_run, tmp_path / "two", {"dpo": {"batch_size": 2, "max_rows": 16}, **TWO_WORKERS})
-    assert [run_stage(run, "dpo")["workers"] for run in (one, two)] == [1, 2]
-    curves = [[entry["loss"] for entry in read_json(run.stage_dir("dpo") / "log_history.json") if "loss" in entry]
-              for run in (one, two)]
+    assert [run_stage(run, "dpo_full")["workers"] for run in (one, two)] == [1, 2]
+    curves = [[entry["loss"] for entry in read_json(run.stage_dir("dpo_full") / "log_history.json")
+               if "loss" in entry] for run in (one, two)]
     assert len(curves[0]) == len(curves[1]) == 4
     assert curves[1] == pytest.approx(curves[0], abs=1e-5)  # float summation order only
-    assert (two.path / "launch" / "dpo.yaml").exists()  # what the workers were given
+    assert (two.path / "launch" / "dpo_full.yaml").exists()  # what the workers were given
 
 
 def test_one_ppo_step_on_two_workers_matches_one_process(smoke_run, tmp_path):
