@@ -49,7 +49,7 @@ def main(argv=None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     for name, handler, help_text in (("data", data_command, "dataset statistics (Table 1)"),
                                      ("pipeline", pipeline_command, "run the notebooks in order with papermill"),
-                                     ("stage", stage_command, "train one stage (what `accelerate launch` runs)")):
+                                     ("stage", stage_command, "run one launched stage (what `accelerate launch` runs)")):
         sub = commands.add_parser(name, help=help_text)
         sub.add_argument("--params", required=True, help="params/X.yaml")
         sub.add_argument("--run-dir", help="default: runs/<run_name>")
@@ -62,7 +62,7 @@ def main(argv=None) -> int:
                              help="print each stage's launch, batch sizes, optimizer steps and memory per device; "
                                   "run nothing")
         if name == "stage":
-            sub.add_argument("stage", help="sft, rm, dpo, a PPO variant or an ablation")
+            sub.add_argument("stage", help="sft, rm, resample, dpo, a PPO variant or an ablation")
     args = parser.parse_args(argv)
     try:
         args.handler(args)
