@@ -245,6 +245,13 @@ class LaunchConfig(_Section):
     accelerate_config: str | None = None  # an `accelerate config` YAML: multi-node settings (machines, rank, address)
     device_memory_gb: float | None = Field(None, gt=0, description="the dry run flags stages estimated above it")
 
+    def zero_stage(self) -> int:
+        """The ZeRO stage of deepspeed_config (0: no DeepSpeed)."""
+        if not self.deepspeed_config:
+            return 0
+        deepspeed = json.loads((PROJECT_ROOT / self.deepspeed_config).read_text())
+        return deepspeed.get("zero_optimization", {}).get("stage", 0)
+
 
 class Config(_Section):
     run_name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
@@ -275,9 +282,7 @@ class Config(_Section):
         for key in ("deepspeed_config", "accelerate_config"):
             if (path := getattr(self.launch, key)) and not (PROJECT_ROOT / path).is_file():
                 raise ValueError(f"launch.{key}: {path} is not a file")
-        deepspeed = json.loads((PROJECT_ROOT / self.launch.deepspeed_config).read_text()) \
-            if self.launch.deepspeed_config else {}
-        if self.launch.num_processes == 1 and deepspeed.get("zero_optimization", {}).get("stage") == 3:
+        if self.launch.num_processes == 1 and self.launch.zero_stage() == 3:
             raise ValueError(f"launch.deepspeed_config {self.launch.deepspeed_config} is ZeRO-3, which partitions the "
                              "weights across launched processes: it cannot run in-process (launch.num_processes=1); "
                              "launch more processes or use params/deepspeed/zero2.json")

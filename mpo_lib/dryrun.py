@@ -21,14 +21,14 @@ quantisation).
 """
 from __future__ import annotations
 
-import json
 import math
 import shlex
 from dataclasses import dataclass
 
 import torch
 
-from .config import ABLATIONS, PROJECT_ROOT, Config, ConfigError, DPOVariant
+from .config import ABLATIONS, Config, ConfigError, DPOVariant
+from .ppo import ppo_variant
 
 GB = 2**30
 # config.json of models a dry run may plan for without the hub (public values)
@@ -96,14 +96,6 @@ def architecture(cfg: Config) -> Architecture:
         lora_params=lora_params, hidden=config.hidden_size, layers=config.num_hidden_layers,
         kv_width=getattr(config, "num_key_value_heads", heads) * (config.hidden_size // heads),
         vocab=config.vocab_size, max_position=config.max_position_embeddings)
-
-
-def zero_stage(cfg: Config) -> int:
-    """The ZeRO stage of launch.deepspeed_config (0: no DeepSpeed)."""
-    if not cfg.launch.deepspeed_config:
-        return 0
-    return json.loads((PROJECT_ROOT / cfg.launch.deepspeed_config).read_text()).get(
-        "zero_optimization", {}).get("stage", 0)
 
 
 # ------------------------------------------------------------------------------- memory
@@ -212,18 +204,19 @@ def trl_stage(cfg, arch, section, rows: int, sequences_per_row: int, frozen: int
     rows = min(rows, section.max_rows or rows)
     extra = activations(arch, section.batch_size * sequences_per_row, section.max_length,
                         section.gradient_checkpointing, lm_head=section is not cfg.rm)
-    return {"zero_stage": zero_stage(cfg), "per_device_batch": section.batch_size, "grad_accum": section.grad_accum,
+    zero = cfg.launch.zero_stage()
+    return {"zero_stage": zero, "per_device_batch": section.batch_size, "grad_accum": section.grad_accum,
             "global_batch": section.batch_size * section.grad_accum * world, "rows": rows,
             "optimizer_steps": optimizer_steps(rows, section.batch_size, section.grad_accum, world,
                                                section.num_epochs, section.max_steps),
             "sequence_length": section.max_length, "hyper": hyper,
-            "memory_gb": memory_gb(arch, cfg, 1, frozen, extra, zero_stage(cfg), cfg.model.optimizer is not None)}
+            "memory_gb": memory_gb(arch, cfg, 1, frozen, extra, zero, cfg.model.optimizer is not None)}
 
 
 def ppo_stage(cfg, arch, name, prompts: int) -> dict:
     spec, world = cfg.ppo, cfg.launch.num_processes
     length = cfg.data.max_prompt_tokens + spec.max_new_tokens
-    variant = cfg.ppo.variants.get(name) or ABLATIONS[name]
+    variant = ppo_variant(cfg, name)
     # LoRA: actor and critic are adapters on two backbones, whose adapter-off passes are the reference
     # and the reward; a reference other than the start adds a backbone. Full: four models.
     frozen = int(variant.reference != variant.init) if cfg.model.lora is not None else 2
@@ -231,13 +224,13 @@ def ppo_stage(cfg, arch, name, prompts: int) -> dict:
     rollout = kv_cache(arch, spec.rollout_batch_size // world, length)
     # the kit's PPO sums gradients over the workers itself (mpo_lib/ppo.py): no ZeRO partitioning, torch AdamW
     memory = memory_gb(arch, cfg, 2, frozen, max(update, rollout), zero=0)
-    return {"zero_stage": 0, "per_device_batch": spec.micro_batch,
-            "grad_accum": spec.mini_batch_size // (spec.micro_batch * world),
+    accum = spec.mini_batch_size // (spec.micro_batch * world)
+    return {"zero_stage": 0, "per_device_batch": spec.micro_batch, "grad_accum": accum,
             "global_batch": spec.mini_batch_size, "rollout_batch": spec.rollout_batch_size, "rows": prompts,
             "optimizer_steps": spec.max_steps * spec.ppo_epochs * (spec.rollout_batch_size // spec.mini_batch_size),
             "sequence_length": length,
             "hyper": {"per_device_train_batch_size": spec.micro_batch,
-                      "gradient_accumulation_steps": spec.mini_batch_size // (spec.micro_batch * world),
+                      "gradient_accumulation_steps": accum,
                       "actor_lr": spec.actor_lr, "critic_lr": spec.critic_lr,
                       "actor_weight_decay": spec.actor_weight_decay, "critic_weight_decay": spec.critic_weight_decay,
                       "num_warmup_steps": spec.warmup_steps, "init_kl_coef": spec.init_kl_coef},
@@ -293,8 +286,7 @@ def dry_run(cfg: Config, params: str, run=None) -> list[dict]:
     ppo_prompts = {"hard": rows["hard"], "easy": rows["easy"], "all": rows["prompts"]}
     for name in cfg.trained_policies():
         if name not in stages and name != "sft":
-            variant = cfg.ppo.variants.get(name) or ABLATIONS[name]
-            stages[name] = ppo_stage(cfg, arch, name, ppo_prompts[variant.prompts])
+            stages[name] = ppo_stage(cfg, arch, name, ppo_prompts[ppo_variant(cfg, name).prompts])
     stages["eval"] = generation_stage(cfg, arch, cfg.eval.num_prompts, cfg.eval.batch_size, cfg.eval.max_new_tokens, 1)
     # every stage but evaluation goes through the launcher (mpo_lib/launch.py); evaluation runs in the kernel
     return [{"stage": name, "launch": launch_command(cfg, name, params) if name != "eval" else

@@ -73,8 +73,7 @@ def run_stage(run: Run, stage: str) -> dict:
     """What a notebook cell calls: the stage's metrics, trained in-process or by launched workers."""
     if run.cfg.launch.num_processes == 1:
         return run_in_process(run, stage)
-    from .dryrun import zero_stage
-    if zero_stage(run.cfg) == 3:
+    if run.cfg.launch.zero_stage() == 3:
         raise LaunchError(f"launch.deepspeed_config {run.cfg.launch.deepspeed_config} is ZeRO-3: the kit's stages save "
                           "the weights rank 0 holds, a shard under ZeRO-3 (the gathered save is not built). Use "
                           "params/deepspeed/zero2.json; the dry run plans ZeRO-3 memory")
