@@ -7,6 +7,8 @@ stopped at the next "\\n\\nHuman:" turn, then scored by the reward model. Launch
 (launch.num_processes > 1) each sample and score every world-th prompt, with their own seed.
 split: a prompt whose two rewards differ by more than gamma goes to the easy set D^e as
 (prompt, preferred, dispreferred); every other prompt goes to the hard set D^h.
+Both write plain JSON (resample/pairs.json, split/easy.json and hard.json): readable without the
+datasets library, which the PPO workers then do not import (~85 MB resident each).
 """
 from __future__ import annotations
 
@@ -16,12 +18,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from datasets import Dataset, load_from_disk
 
-from .artifacts import Run
+from .artifacts import Run, read_json, write_json
 from .config import ConfigError
 from .data import truncate_prompt
-from .distributed import gather_objects, is_main_process, rank_and_world
+from .distributed import gather_objects, rank_and_world
 from .models import DTYPES, load_stage_model, load_tokenizer, to_device
 from .reward import score
 
@@ -140,10 +141,9 @@ def run_resample(run: Run, train_rows: list[dict]) -> dict:
                 merged[key][r::world] = shard[key]
         prompts, samples, first, second = merged["prompts"], merged["samples"], merged["first"], merged["second"]
         new_tokens, generation_seconds = sum(s["tokens"] for s in shards), max(s["seconds"] for s in shards)
-        if is_main_process():
-            Dataset.from_dict({"prompt": prompts, "response_1": [s[0] for s in samples],
-                               "response_2": [s[1] for s in samples], "reward_1": first, "reward_2": second}
-                              ).save_to_disk(out_dir / "pairs")
+        write_json(out_dir / "pairs.json", [  # the main worker writes
+            {"prompt": prompt, "response_1": pair[0], "response_2": pair[1], "reward_1": r1, "reward_2": r2}
+            for prompt, pair, r1, r2 in zip(prompts, samples, first, second)])
         gaps = np.abs(np.asarray(first) - np.asarray(second))
         return {"prompts": len(prompts), "new_tokens": new_tokens,
                 "generation_seconds": round(generation_seconds, 1),
@@ -156,7 +156,7 @@ def run_resample(run: Run, train_rows: list[dict]) -> dict:
 def resample_spec(cfg) -> tuple[dict, list[str]]:
     return {"resample": cfg.resample.model_dump(), "sample_dtype": cfg.model.sample_dtype,
             "max_prompt_tokens": cfg.data.max_prompt_tokens, "rm_max_length": cfg.rm.max_length,
-            "seed": cfg.seed, **cfg.workers()}, ["sft", "rm"]
+            "seed": cfg.seed, "stored_as": "json", **cfg.workers()}, ["sft", "rm"]
 
 
 def split_by_gap(pairs: list[dict], gamma: float) -> tuple[list[dict], list[dict]]:
@@ -174,7 +174,7 @@ def split_by_gap(pairs: list[dict], gamma: float) -> tuple[list[dict], list[dict
 
 
 def load_pairs(run: Run) -> list[dict]:
-    return load_from_disk(str(run.require("resample") / "pairs")).to_list()
+    return read_json(run.require("resample") / "pairs.json")
 
 
 def run_split(run: Run) -> dict:
@@ -185,8 +185,8 @@ def run_split(run: Run) -> dict:
         easy, hard = split_by_gap(pairs, cfg.split.gamma)
         if not easy or not hard:
             raise ConfigError(empty_split_message(cfg.split.gamma, pairs, len(easy), len(hard)))
-        Dataset.from_list(easy).save_to_disk(out_dir / "easy")
-        Dataset.from_list(hard).save_to_disk(out_dir / "hard")
+        write_json(out_dir / "easy.json", easy)
+        write_json(out_dir / "hard.json", hard)
         return {"gamma": cfg.split.gamma, "prompts": len(pairs), "easy": len(easy), "hard": len(hard)}
 
     return run.run_stage("split", *split_spec(cfg), build)
@@ -194,7 +194,7 @@ def run_split(run: Run) -> dict:
 
 def split_spec(cfg) -> tuple[dict, list[str]]:
     # only gamma decides the sets; the reported gammas and figure bins do not re-run DPO and PPO
-    return {"gamma": cfg.split.gamma}, ["resample"]
+    return {"gamma": cfg.split.gamma, "stored_as": "json"}, ["resample"]
 
 
 def sizes_by_gamma(run: Run, gammas: list[float]) -> dict[str, dict[str, int]]:
@@ -220,4 +220,4 @@ def empty_split_message(gamma: float, pairs: list[dict], easy: int, hard: int) -
 
 def load_split(run: Run, side: str) -> list[dict]:
     """D^e ("easy") or D^h ("hard") of the run's split stage."""
-    return load_from_disk(str(run.require("split") / side)).to_list()
+    return read_json(run.require("split") / f"{side}.json")

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from datasets import Dataset
 
 from .artifacts import Run, write_json
 from .data import fit_row, truncate_prompt
@@ -47,8 +46,9 @@ def run_reward(run: Run, train_rows: list[dict], heldout_rows: list[dict]) -> di
     heldout_rows = rm_rows(cfg, heldout_rows)[: cfg.rm.eval_rows]
 
     def build(out_dir: Path) -> dict:
-        # imported here: TRL brings peft and bitsandbytes (~200 MB resident), which the resampling and
-        # PPO processes, importing score() from this module, need not carry
+        # imported here: TRL and datasets (~300 MB resident with peft), which the resampling and PPO
+        # processes, importing score() from this module, need not carry
+        from datasets import Dataset
         from trl import RewardConfig, RewardTrainer
 
         tokenizer = load_tokenizer(run)

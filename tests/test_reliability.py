@@ -331,21 +331,19 @@ def test_a_tokenizer_without_a_pad_token_pads_with_eos_and_says_so(tiny_run, tmp
 def test_a_full_disk_names_the_path_and_loses_nothing_written_before(lora_run, tmp_path, monkeypatch):
     """Re-splitting with another gamma runs out of disk: the finished split (gamma 0.01) and every
     other stage stay as they were."""
-    from datasets import Dataset
-
-    from mpo_lib.resample import run_split
+    from mpo_lib import resample
 
     run = copy_run(lora_run, tmp_path, "run")
     before = {path: path.read_bytes() for path in run.path.rglob("*") if path.is_file()}
 
-    def full(self, path, *args, **kwargs):
+    def full(path, *args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device", str(path))
 
-    monkeypatch.setattr(Dataset, "save_to_disk", full)
+    monkeypatch.setattr(resample, "write_json", full)
     with pytest.raises(DiskFull, match=rf"\[split\] the disk is full: writing {re.escape(str(run.path))}/split.partial/"
-                                       rf"easy failed \(\d+ MiB free\)\. The finished stages in "
+                                       rf"easy\.json failed \(\d+ MiB free\)\. The finished stages in "
                                        rf"{re.escape(str(run.path))} are intact"):
-        run_split(Run(load_config(SMOKE, {**LORA, "split": {"gamma": 0.02}}), run.path))
+        resample.run_split(Run(load_config(SMOKE, {**LORA, "split": {"gamma": 0.02}}), run.path))
     assert {path: path.read_bytes() for path in before} == before  # nothing written before was touched
     assert run.metrics("split")["gamma"] == lora_run.cfg.split.gamma and not list(run.path.glob("split.superseded-*"))
 
