@@ -141,13 +141,16 @@ def kv_cache(arch: Architecture, sequences: int, length: int) -> float:
 
 
 def memory_gb(arch: Architecture, cfg: Config, trained: int, frozen: int, extra: float, zero: int,
-              eight_bit_adam: bool = False) -> dict[str, float]:
+              eight_bit_adam: bool = False, one_backbone: bool = False) -> dict[str, float]:
     """Per device: `trained` models with their optimizer states, `frozen` ones (weights only), plus
-    `extra` bytes (activations or KV cache)."""
+    `extra` bytes (activations or KV cache). one_backbone: the models are adapters over one copy of
+    the base weights (LoRA PPO)."""
     totals = {"weights": 0.0, "gradients": 0.0, "optimizer": 0.0}
     for count, is_trained in ((trained, True), (frozen, False)):
         for key, value in model_states(arch, cfg, is_trained, zero, eight_bit_adam).items():
             totals[key] += count * value
+    if one_backbone:
+        totals["weights"] -= (trained + frozen - 1) * model_states(arch, cfg, False, zero, eight_bit_adam)["weights"]
     totals["activations"] = extra
     totals["total"] = sum(totals.values())
     return {key: round(value / GB, 2) for key, value in totals.items()}
@@ -216,14 +219,12 @@ def trl_stage(cfg, arch, section, rows: int, sequences_per_row: int, frozen: int
 def ppo_stage(cfg, arch, name, prompts: int) -> dict:
     spec, world = cfg.ppo, cfg.launch.num_processes
     length = cfg.data.max_prompt_tokens + spec.max_new_tokens
-    variant = ppo_variant(cfg, name)
-    # LoRA: actor and critic are adapters on two backbones, whose adapter-off passes are the reference
-    # and the reward; a reference other than the start adds a backbone. Full: four models.
-    frozen = int(variant.reference != variant.init) if cfg.model.lora is not None else 2
+    # LoRA: all four roles are adapters over one backbone (the frozen stage adapters are not counted).
+    # Full fine-tuning: four models.
     update = activations(arch, spec.micro_batch, length, spec.gradient_checkpointing)
     rollout = kv_cache(arch, spec.rollout_batch_size // world, length)
     # the kit's PPO sums gradients over the workers itself (mpo_lib/ppo.py): no ZeRO partitioning, torch AdamW
-    memory = memory_gb(arch, cfg, 2, frozen, max(update, rollout), zero=0)
+    memory = memory_gb(arch, cfg, 2, 2, max(update, rollout), zero=0, one_backbone=cfg.model.lora is not None)
     accum = spec.mini_batch_size // (spec.micro_batch * world)
     return {"zero_stage": 0, "per_device_batch": spec.micro_batch, "grad_accum": accum,
             "global_batch": spec.mini_batch_size, "rollout_batch": spec.rollout_batch_size, "rows": prompts,

@@ -186,8 +186,8 @@ def is_adapter(model) -> bool:
 def save_weights(model, folder: Path) -> None:
     """A LoRA adapter (never the embeddings: the kit does not resize them, and PEFT would otherwise
     guess and store both embedding matrices, 235 MB for SmolLM2) or the full weights."""
-    if is_adapter(model):
-        model.save_pretrained(folder, save_embedding_layers=False)
+    if is_adapter(model):  # the adapter trained (PEFT's "default"), not the frozen ones PPO stacks under it
+        model.save_pretrained(folder, save_embedding_layers=False, selected_adapters=["default"])
     else:
         model.save_pretrained(folder)
 

@@ -15,12 +15,13 @@ results are comparable:
   default); one PPO epoch per rollout batch by default.
 - The critic starts from the reward model. Reward normalisation (running mean/std) is off by default.
 
-Roles and memory. With LoRA there are no extra backbone copies: the policy is the init stage's
-merged weights plus a new adapter, and the reference is the same backbone with the adapter
-disabled (when the reference is the init stage, as in MPO and vanilla PPO); the value model
-is the RM's merged weights plus its own adapter, and the reward is that backbone with the adapter
-disabled. Four roles on two backbones. A reference other than the init stage (MPO-sft-kl) costs
-one more backbone. Full fine-tuning keeps four separate models.
+Roles and memory. With LoRA every stage is an adapter over the pretrained base (SFT, DPO and the
+RM each store only theirs), so PPO loads the base once and stacks the stage adapters on it unmerged:
+policy = SFT + DPO adapters + a new policy adapter, reference = SFT + DPO adapters (MPO; vanilla PPO
+drops DPO), reward = the RM's adapter and score head, critic = the RM's adapter + a new value adapter
+and a trainable copy of the score head. Four roles on one backbone, whatever the reference; a LoRA
+delta adds to the layer it adapts, so stacking equals merging up to rounding. Full fine-tuning keeps
+four separate models.
 
 Several processes (launch.num_processes > 1, mpo_lib/launch.py): each worker generates, scores and
 updates its share of every rollout batch (rollout_batch_size and mini_batch_size are global,
@@ -37,19 +38,19 @@ probability ratio above max_ratio stops the stage with the step; the last good c
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import math
 import os
 import random
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .artifacts import Run, announce_resume
+from .artifacts import Run, announce_resume, read_json
 from .config import ABLATIONS, PPOVariant
 from .data import truncate_prompt
 from .distributed import all_gather, all_reduce, is_main_process, rank_and_world
@@ -122,42 +123,108 @@ def response_mask(response_ids, eos_id: int, pad_id: int, stopped: list[bool] | 
     return (before_end | sampled_eos).float()
 
 
-@dataclass
 class Roles:
-    """policy (trainable), reference, critic (trainable) and reward, on two backbones with LoRA."""
-    policy: torch.nn.Module
-    critic: torch.nn.Module
-    reference: torch.nn.Module | None = None  # None: the policy with its adapter disabled
-    reward: torch.nn.Module | None = None     # None: the critic with its adapter disabled
+    """The four PPO roles: policy and critic (trained), reference and reward (frozen).
 
-    def reference_context(self):
-        return self.policy.disable_adapter() if self.reference is None else contextlib.nullcontext()
+    Full fine-tuning: four separate models. LoRA: four views of one backbone, the root stage's weights
+    (the pretrained base) with every stage adapter they need loaded unmerged, and two new adapters,
+    the policy's ("default") and the value model's ("value"); use(role) switches on that role's own
+    adapters. The critic and the reward share the backbone through sequence-classification views
+    (transformers' last-token pooling) that differ only in their score head."""
 
-    def reward_context(self):
-        return self.critic.disable_adapter() if self.reward is None else contextlib.nullcontext()
+    def __init__(self, models: dict, trainable: dict, lora=None, adapters: dict | None = None):
+        self.models = models        # role -> the module to call
+        self.trainable = trainable  # "policy" / "critic" -> {name: parameter}
+        self.lora, self.adapters = lora, adapters  # the shared backbone, role -> its active adapters
+
+    @property
+    def shared(self) -> bool:
+        return self.lora is not None
+
+    @contextlib.contextmanager
+    def use(self, role: str):
+        """The module playing `role`; on the shared backbone, with that role's adapters active. A
+        backward pass belongs inside the block: gradient checkpointing recomputes with them."""
+        if self.shared:
+            self.lora.base_model.set_adapter(self.adapters[role], inference_mode=True)  # all frozen, then
+            for param in self.trainable.get(role, {}).values():                       # the role's own on
+                param.requires_grad_(True)
+        yield self.models[role]
 
 
-def build_roles(run: Run, variant: PPOVariant, two_backbones: bool | None = None) -> Roles:
-    """LoRA: four roles on two backbones (three if the reference is not the init stage).
-    Full fine-tuning (or two_backbones=False): four separate models."""
+def stage_chain(run: Run, stage: str) -> tuple[str, list[str]]:
+    """(the full-weights stage under `stage`, the adapter stages from it up to `stage`)."""
+    chain = []
+    while (record := read_json(run.require(stage) / "model.json"))["kind"] == "lora":
+        chain.insert(0, stage)
+        stage = record["base_stage"]
+    return stage, chain
+
+
+def build_roles(run: Run, variant: PPOVariant, shared: bool | None = None) -> Roles:
+    """LoRA: the four roles on one backbone. Full fine-tuning (or shared=False): four separate models."""
+    shared = run.cfg.model.lora is not None if shared is None else shared
+    if shared:
+        return shared_backbone_roles(run, variant)
     from peft import get_peft_model
 
     cfg = run.cfg
-    shared = cfg.model.lora is not None if two_backbones is None else two_backbones
     load = lambda stage, head="lm": to_device(load_stage_model(run, stage, head))
     policy, critic = load(variant.init), load("rm", "score")
-    if not shared:
-        if cfg.model.lora is not None:
-            policy = get_peft_model(policy, lora_config(cfg, "CAUSAL_LM"))
-            critic = get_peft_model(critic, lora_config(cfg, "SEQ_CLS"))
-        return Roles(policy, critic, load(variant.reference).eval(), load("rm", "score").eval())
+    if cfg.model.lora is not None:
+        policy = get_peft_model(policy, lora_config(cfg, "CAUSAL_LM"))
+        critic = get_peft_model(critic, lora_config(cfg, "SEQ_CLS"))
+    trainable = lambda model: {n: p for n, p in model.named_parameters() if p.requires_grad}
+    return Roles({"policy": policy, "reference": load(variant.reference).eval(), "critic": critic,
+                  "reward": load("rm", "score").eval()}, {"policy": trainable(policy), "critic": trainable(critic)})
+
+
+def shared_backbone_roles(run: Run, variant: PPOVariant) -> Roles:
+    from peft import get_peft_model
+    from safetensors.torch import load_file
+
+    cfg = run.cfg
     if cfg.model.lora is None:
-        raise ValueError("the two-backbone layout needs model.lora: full fine-tuning keeps four models")
-    roles = Roles(get_peft_model(policy, lora_config(cfg, "CAUSAL_LM")),
-                  get_peft_model(critic, lora_config(cfg, "SEQ_CLS")))
-    if variant.reference != variant.init:
-        roles.reference = load(variant.reference).eval()
-    return roles
+        raise ValueError("the shared-backbone layout needs model.lora: full fine-tuning keeps four models")
+    chains = {role: stage_chain(run, stage)
+              for role, stage in (("policy", variant.init), ("reference", variant.reference), ("reward", "rm"))}
+    roots = {root for root, _ in chains.values()}
+    if len(roots) > 1:
+        raise ValueError(f"the PPO roles rest on different full-weight stages {sorted(roots)}: one backbone "
+                         "holds them only when every stage is an adapter on the same base")
+    lora = get_peft_model(to_device(load_stage_model(run, roots.pop())), lora_config(cfg, "CAUSAL_LM"))
+    lora.add_adapter("value", lora_config(cfg, "CAUSAL_LM"))
+    for stage in sorted({stage for _, chain in chains.values() for stage in chain}):
+        lora.load_adapter(run.stage_dir(stage) / "adapter", adapter_name=f"stage_{stage}")
+    adapters = {role: [f"stage_{stage}" for stage in chain] for role, (_, chain) in chains.items()}
+    adapters["policy"].append("default")
+    adapters["critic"] = adapters["reward"] + ["value"]
+    rm_weights = load_file(run.stage_dir("rm") / "adapter" / "adapter_model.safetensors")
+    head = next(w for name, w in rm_weights.items() if name.endswith("score.weight"))
+    pad_id = load_tokenizer(run).pad_token_id
+    reward, critic = (score_view(lora.get_base_model(), head, pad_id) for _ in range(2))
+    reward.score.requires_grad_(False)
+    policy_params = {n: p for n, p in lora.named_parameters() if ".default." in n}
+    critic_params = {**{n: p for n, p in lora.named_parameters() if ".value." in n},
+                     **{f"value_head.{n}": p for n, p in critic.score.named_parameters()}}
+    return Roles({"policy": lora, "reference": lora, "critic": critic, "reward": reward},
+                 {"policy": policy_params, "critic": critic_params}, lora, adapters)
+
+
+def score_view(causal_lm, head: torch.Tensor, pad_id: int):
+    """A sequence-classification model whose transformer is causal_lm's own (shared, not copied) and
+    whose score head is a copy of `head`: the RM's pooling and head over the shared backbone."""
+    from transformers import AutoModelForSequenceClassification
+
+    config = copy.deepcopy(causal_lm.config)
+    config.num_labels, config.pad_token_id = 1, pad_id
+    with torch.device("meta"):  # its own transformer is replaced at once: never allocate it
+        view = AutoModelForSequenceClassification.from_config(config)
+    setattr(view, view.base_model_prefix, getattr(causal_lm, causal_lm.base_model_prefix))
+    view.score = torch.nn.Linear(head.shape[1], 1, bias=False, device=causal_lm.device)
+    with torch.no_grad():
+        view.score.weight.copy_(head)
+    return view
 
 
 def token_logprobs(model, input_ids, attention_mask, prompt_length: int, with_entropy: bool = False):
@@ -207,40 +274,42 @@ class Trainer:
         self.kl_coef = self.spec.init_kl_coef
         self.score_stats = [0.0, 1.0, 0]  # running mean, variance, count (normalize_reward)
         self.optimizers, self.schedulers = [], []
-        for model, lr, decay in ((roles.policy, self.spec.actor_lr, self.spec.actor_weight_decay),
-                                 (roles.critic, self.spec.critic_lr, self.spec.critic_weight_decay)):
-            optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=decay)
+        for role, lr, decay in (("policy", self.spec.actor_lr, self.spec.actor_weight_decay),
+                                ("critic", self.spec.critic_lr, self.spec.critic_weight_decay)):
+            optimizer = torch.optim.AdamW(list(roles.trainable[role].values()), lr=lr, weight_decay=decay)
             self.optimizers.append(optimizer)
             self.schedulers.append(get_scheduler("cosine", optimizer, self.spec.warmup_steps, self.spec.max_steps))
         self.autocast = torch.autocast(device().type, dtype=torch.bfloat16, enabled=self.cfg.model.bf16)
         if self.spec.gradient_checkpointing:  # active in train() mode only: rollouts are unaffected
-            for model in (roles.policy, roles.critic):
+            for model in {id(m): m for m in (roles.models["policy"], roles.models["critic"])}.values():
                 model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
     @torch.no_grad()
     def rollout(self, prompts: list[str]) -> dict:
         spec, tok, roles = self.spec, self.tokenizer, self.roles
         started = time.time()
-        output, prompt_mask, prompt_length = sample_batch(roles.policy, tok, prompts, 1, spec.max_new_tokens,
-                                                          spec.temperature, spec.top_p, self.cfg.resample.stop)
+        with roles.use("policy") as policy:
+            output, prompt_mask, prompt_length = sample_batch(policy, tok, prompts, 1, spec.max_new_tokens,
+                                                              spec.temperature, spec.top_p, self.cfg.resample.stop)
         generation_seconds = time.time() - started
         responses, stopped = decode_responses(tok, output, prompt_length, self.cfg.resample.stop)
         mask = response_mask(output[:, prompt_length:], tok.eos_token_id, tok.pad_token_id, stopped)
         attention = torch.cat([prompt_mask, torch.ones_like(mask, dtype=prompt_mask.dtype)], 1)
-        for model in (roles.policy, roles.critic):
+        for model in roles.models.values():
             model.eval()
         logprobs, ref_logprobs, values, scores = [], [], [], []
         with self.autocast:  # in micro-batches: the no-grad forwards' peak memory scales with their size
             for rows in torch.arange(len(prompts)).split(spec.micro_batch):
                 ids, att = output[rows], attention[rows]
-                logprobs.append(token_logprobs(roles.policy, ids, att, prompt_length))
-                with roles.reference_context():
-                    ref_logprobs.append(token_logprobs(roles.reference or roles.policy, ids, att, prompt_length))
-                values.append(token_values(roles.critic, ids, att, prompt_length))
-                with roles.reward_context():
-                    scores += score(roles.reward or roles.critic, tok, [prompts[i] for i in rows],
-                                    [responses[i] for i in rows], len(rows), self.cfg.rm.max_length,
-                                    self.cfg.model.bf16)
+                with roles.use("policy") as policy:
+                    logprobs.append(token_logprobs(policy, ids, att, prompt_length))
+                with roles.use("reference") as reference:
+                    ref_logprobs.append(token_logprobs(reference, ids, att, prompt_length))
+                with roles.use("critic") as critic:
+                    values.append(token_values(critic, ids, att, prompt_length))
+                with roles.use("reward") as reward:
+                    scores += score(reward, tok, [prompts[i] for i in rows], [responses[i] for i in rows],
+                                    len(rows), self.cfg.rm.max_length, self.cfg.model.bf16)
         logprobs, ref_logprobs, values = torch.cat(logprobs), torch.cat(ref_logprobs), torch.cat(values)
         scores = torch.tensor(scores, device=output.device)
         raw_scores = scores.clone()
@@ -266,8 +335,8 @@ class Trainer:
 
     def update(self, batch: dict, step: int) -> dict:
         spec, roles = self.spec, self.roles
-        roles.policy.train()
-        roles.critic.train()
+        for role in ("policy", "critic"):
+            roles.models[role].train()
         stats = {"policy_loss": [], "value_loss": [], "clip_fraction": [], "entropy": [], "max_ratio": []}
         size = batch["input_ids"].shape[0]  # this worker's rows
         mini_size = spec.mini_batch_size // rank_and_world()[1]
@@ -283,26 +352,29 @@ class Trainer:
                     # each micro-batch's token mean, weighted by its share of the mini-batch's tokens:
                     # the accumulated gradient is that of the mini-batch's token mean
                     weight = mb["mask"].sum() / tokens
-                    with self.autocast:
-                        logprobs, entropy = token_logprobs(roles.policy, mb["input_ids"], mb["attention_mask"],
-                                                           batch["prompt_length"], with_entropy=True)
-                    actor_loss, ratio, clip_fraction = policy_loss(logprobs, mb["logprobs"], mb["advantages"],
-                                                                   mb["mask"], spec.cliprange)
-                    max_ratio = max(max_ratio, (ratio * mb["mask"]).max().item())
-                    self._check(actor_loss, max_ratio, step)
-                    (actor_loss * weight).backward()
-                    with self.autocast:
-                        values = token_values(roles.critic, mb["input_ids"], mb["attention_mask"],
-                                              batch["prompt_length"])
-                    critic_loss = value_loss(values, mb["values"], mb["returns"], mb["mask"], spec.cliprange_value)
-                    self._check(critic_loss, None, step)
-                    (critic_loss * weight).backward()
+                    with roles.use("policy") as policy:
+                        with self.autocast:
+                            logprobs, entropy = token_logprobs(policy, mb["input_ids"], mb["attention_mask"],
+                                                               batch["prompt_length"], with_entropy=True)
+                        actor_loss, ratio, clip_fraction = policy_loss(logprobs, mb["logprobs"], mb["advantages"],
+                                                                       mb["mask"], spec.cliprange)
+                        max_ratio = max(max_ratio, (ratio * mb["mask"]).max().item())
+                        self._check(actor_loss, max_ratio, step)
+                        (actor_loss * weight).backward()
+                    with roles.use("critic") as critic:
+                        with self.autocast:
+                            values = token_values(critic, mb["input_ids"], mb["attention_mask"],
+                                                  batch["prompt_length"])
+                        critic_loss = value_loss(values, mb["values"], mb["returns"], mb["mask"],
+                                                 spec.cliprange_value)
+                        self._check(critic_loss, None, step)
+                        (critic_loss * weight).backward()
                     for key, value in (("policy_loss", actor_loss), ("value_loss", critic_loss),
                                        ("clip_fraction", clip_fraction),
                                        ("entropy", masked_mean(entropy.detach(), mb["mask"]))):
                         totals[key] += (value.detach() * weight).item()
-                self._step(0)
-                self._step(1)
+                self._step("policy")
+                self._step("critic")
                 where = batch["mask"].device  # NCCL reduces tensors on the GPU only
                 summed = all_reduce(torch.tensor(list(totals.values()), dtype=torch.float64, device=where))
                 for key, value in zip(totals, summed.tolist()):
@@ -312,15 +384,15 @@ class Trainer:
             scheduler.step()
         return {k: (max(v) if k == "max_ratio" else sum(v) / len(v)) for k, v in stats.items()}
 
-    def _step(self, which: int) -> None:
-        model = self.roles.policy if which == 0 else self.roles.critic
-        params = [p for p in model.parameters() if p.requires_grad]
+    def _step(self, role: str) -> None:
+        params = list(self.roles.trainable[role].values())
         for p in params:  # each worker holds its share of the token-mean gradient: the sum is the whole
             if p.grad is not None:  # the same parameters get gradients on every worker
                 all_reduce(p.grad)
         torch.nn.utils.clip_grad_norm_(params, 1.0)
-        self.optimizers[which].step()
-        self.optimizers[which].zero_grad(set_to_none=True)
+        optimizer = self.optimizers[0 if role == "policy" else 1]
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
 
     def _check(self, loss, max_ratio: float | None, step: int) -> None:
         checkpoint = self.out_dir / "checkpoint"
@@ -369,17 +441,13 @@ def _log_step(writer, metrics: dict, step: int) -> None:
         writer.add_scalar(f"ppo/{key}", value, step)
 
 
-def _trainable(model) -> dict:
-    return {name: p.detach() for name, p in model.named_parameters() if p.requires_grad}
-
-
 def save_checkpoint(trainer: Trainer, folder: Path, history: list[dict], samples: list[dict]) -> None:
     """Everything the next steps depend on, in one file replaced atomically (a kill while saving leaves
     the previous checkpoint): the trainable weights of policy and critic (LoRA adapters and the critic's
     score head, or full weights), both optimizers and schedulers, kl_coef, the reward-normalisation
     statistics, the RNG state, and the steps so far (the prompt order is replayed from their count)."""
     folder.mkdir(exist_ok=True)
-    state = {"policy": _trainable(trainer.roles.policy), "critic": _trainable(trainer.roles.critic),
+    state = {**{role: {n: p.detach() for n, p in params.items()} for role, params in trainer.roles.trainable.items()},
              "optimizers": [o.state_dict() for o in trainer.optimizers],
              "schedulers": [s.state_dict() for s in trainer.schedulers],
              "kl_coef": trainer.kl_coef, "score_stats": trainer.score_stats,
@@ -396,9 +464,8 @@ def load_checkpoint(trainer: Trainer, folder: Path) -> tuple[list[dict], list[di
         return [], []
     state = torch.load(folder / CHECKPOINT, map_location=device())
     with torch.no_grad():
-        for model, weights in ((trainer.roles.policy, state["policy"]), (trainer.roles.critic, state["critic"])):
-            params = dict(model.named_parameters())
-            for name, value in weights.items():
+        for role, params in trainer.roles.trainable.items():
+            for name, value in state[role].items():
                 params[name].copy_(value)
     for optimizer, saved in zip(trainer.optimizers, state["optimizers"]):
         optimizer.load_state_dict(saved)
@@ -457,7 +524,7 @@ def train_ppo(run: Run, name: str, variant: PPOVariant, out_dir: Path, roles: Ro
     if main:
         writer.close()
         (out_dir / "steps.json").write_text(json.dumps(history, indent=1))
-    save_stage_model(trainer.roles.policy, out_dir, variant.init, run)
+    save_stage_model(trainer.roles.models["policy"], out_dir, variant.init, run)
     quarter = max(len(history) // 4, 1)
     mean = lambda rows, key: sum(r[key] for r in rows) / len(rows)
     return {"variant": variant.model_dump(), "prompts": len(prompts), "steps": len(history), "resumed_at_step": resumed,

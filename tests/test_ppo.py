@@ -69,38 +69,62 @@ def sequences(run):
     return batch["input_ids"], batch["attention_mask"], 6
 
 
-@torch.no_grad()
-def test_the_reference_used_is_the_one_requested(smoke_run):
+@pytest.mark.parametrize("layout", ["smoke_run", "lora_run"])  # four full models; LoRA on one backbone
+def test_the_reference_used_is_the_one_requested(layout, request):
     from mpo_lib.models import load_stage_model
 
-    ids, attention, prompt_length = sequences(smoke_run)
-    roles = build_roles(smoke_run, PPOVariant(init="dpo", reference="sft"))
-    with roles.reference_context():
-        used = token_logprobs(roles.reference or roles.policy, ids, attention, prompt_length)
-    assert torch.allclose(used, token_logprobs(load_stage_model(smoke_run, "sft"), ids, attention, prompt_length))
-    assert not torch.allclose(used, token_logprobs(load_stage_model(smoke_run, "dpo"), ids, attention, prompt_length))
+    run = request.getfixturevalue(layout)  # outside no_grad: the fixture trains
+    ids, attention, prompt_length = sequences(run)
+    roles = build_roles(run, PPOVariant(init="dpo", reference="sft"))  # the MPO-sft-kl ablation
+    with torch.no_grad(), roles.use("reference") as reference:
+        used = token_logprobs(reference, ids, attention, prompt_length)
+        assert torch.allclose(used, token_logprobs(load_stage_model(run, "sft"), ids, attention, prompt_length),
+                              atol=1e-5)
+        assert not torch.allclose(used, token_logprobs(load_stage_model(run, "dpo"), ids, attention, prompt_length),
+                                  atol=1e-3)
+
+
+def backbone_parameters(modules) -> int:
+    """Distinct non-adapter parameters over the role models."""
+    return sum({p.data_ptr(): p.numel() for m in modules for n, p in m.named_parameters() if "lora_" not in n}.values())
 
 
 @torch.no_grad()
-def test_two_backbone_lora_layout_matches_separate_models(lora_run):
+def test_one_backbone_lora_layout_matches_four_separate_models(lora_run):
+    from mpo_lib.models import load_tokenizer
+    from mpo_lib.reward import score
+
     ids, attention, prompt_length = sequences(lora_run)
     variant = PPOVariant(init="dpo", reference="dpo")
-    shared, separate = build_roles(lora_run, variant), build_roles(lora_run, variant, two_backbones=False)
-    assert shared.reference is None and shared.reward is None  # two backbones
+    shared, separate = build_roles(lora_run, variant), build_roles(lora_run, variant, shared=False)
+    backbone = backbone_parameters([separate.models["reference"]])
+    assert backbone_parameters(shared.models.values()) < 1.01 * backbone  # one backbone (and two heads)
+    assert backbone_parameters(separate.models.values()) > 3 * backbone  # four (two without an LM head)
     torch.manual_seed(0)
-    for model in (shared.policy, shared.critic):  # trained-looking adapters, so the checks are not vacuous
-        for name, param in model.named_parameters():
-            if "lora_B" in name or "modules_to_save" in name:
+    for role in ("policy", "critic"):  # trained-looking policy and value adapters, the same in both layouts
+        theirs = separate.trainable[role]
+        head = next((name for name in theirs if "score" in name), None)
+        for name, param in shared.trainable[role].items():
+            if "lora_B" in name or name.startswith("value_head"):
                 param.add_(0.1 * torch.randn_like(param))
-    with shared.reference_context():
-        reference = token_logprobs(shared.policy, ids, attention, prompt_length)
-        assert not torch.is_grad_enabled()
-    assert torch.allclose(reference, token_logprobs(separate.reference, ids, attention, prompt_length), atol=1e-5)
-    assert not torch.allclose(reference, token_logprobs(shared.policy, ids, attention, prompt_length), atol=1e-3)
-    with shared.reward_context():
-        reward = token_values(shared.critic, ids, attention, prompt_length)
-    assert torch.allclose(reward, token_values(separate.reward, ids, attention, prompt_length), atol=1e-5)
-    assert not torch.allclose(reward, token_values(shared.critic, ids, attention, prompt_length), atol=1e-3)
+            theirs[head if name.startswith("value_head") else name.replace(".value.", ".default.")].copy_(param)
+    tokenizer, texts = load_tokenizer(lora_run), (["Human: hi"] * 2, [" hello", " a lock is a device"])
+    outputs = {}
+    for name, roles in (("shared", shared), ("separate", separate)):
+        with roles.use("policy") as policy:
+            policy_logprobs = token_logprobs(policy, ids, attention, prompt_length)
+        with roles.use("reference") as reference:
+            reference_logprobs = token_logprobs(reference, ids, attention, prompt_length)
+        with roles.use("critic") as critic:
+            values = token_values(critic, ids, attention, prompt_length)
+        with roles.use("reward") as reward:
+            scores = torch.tensor(score(reward, tokenizer, *texts, 2, 64))
+            reward_values = token_values(reward, ids, attention, prompt_length)
+        outputs[name] = policy_logprobs, reference_logprobs, values, scores
+        assert not torch.allclose(policy_logprobs, reference_logprobs, atol=1e-3)
+        assert not torch.allclose(values, reward_values, atol=1e-3)
+    for one, other in zip(outputs["shared"], outputs["separate"]):
+        assert torch.allclose(one, other, atol=1e-5)
 
 
 def test_non_finite_loss_stops_with_the_step(lora_run, tmp_path):
@@ -130,9 +154,8 @@ def test_micro_batches_accumulate_to_the_mini_batch_gradient(lora_run, tmp_path)
             batch["mask"][0, 5:] = batch["mask"][2, 10:] = 0  # responses of different lengths: the
             # per-token weighting across micro-batches matters
         seen = {}
-        trainer._step = lambda which: seen.update({
-            f"{which}.{n}": p.grad.clone() for n, p in (trainer.roles.policy, trainer.roles.critic)[which]
-            .named_parameters() if p.requires_grad and p.grad is not None})
+        trainer._step = lambda role: seen.update({
+            f"{role}.{n}": p.grad.clone() for n, p in trainer.roles.trainable[role].items() if p.grad is not None})
         torch.manual_seed(1)
         trainer.update(batch, step=1)
         gradients.append(seen)
