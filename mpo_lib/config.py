@@ -244,6 +244,9 @@ class LaunchConfig(_Section):
     deepspeed_config: str | None = None  # a DeepSpeed JSON (params/deepspeed/); its ZeRO stage
     accelerate_config: str | None = None  # an `accelerate config` YAML: multi-node settings (machines, rank, address)
     device_memory_gb: float | None = Field(None, gt=0, description="the dry run flags stages estimated above it")
+    # resampling and evaluation: the kit's sampler, sharded over the launched workers, or vLLM (an optional
+    # extra: pip install vllm), in one process over every GPU by tensor parallelism
+    generation_backend: Literal["kit", "vllm"] = "kit"
 
     def zero_stage(self) -> int:
         """The ZeRO stage of deepspeed_config (0: no DeepSpeed)."""
@@ -323,6 +326,10 @@ class Config(_Section):
         """What a launched stage's hash adds: with per-device batches and per-worker seeds, the number of
         workers changes what trains (nothing for one process, so its hashes stay as they were)."""
         return {"workers": self.launch.num_processes} if self.launch.num_processes > 1 else {}
+
+    def generation(self) -> dict:
+        """What a generating stage's hash adds for vLLM (nothing for the kit's sampler: hashes stay as they were)."""
+        return {"generation_backend": "vllm"} if self.launch.generation_backend == "vllm" else {}
 
     def uses_bitsandbytes(self) -> bool:
         return self.model.quantization is not None or self.model.optimizer is not None

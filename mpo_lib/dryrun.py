@@ -194,11 +194,21 @@ def optimizer_steps(rows: int, per_device: int, accum: int, world: int, epochs: 
 
 # ---------------------------------------------------------------------------- the plan
 
+def through_vllm(cfg: Config, stage: str) -> bool:
+    return cfg.launch.generation_backend == "vllm" and stage in ("resample", "eval")
+
+
 def launch_command(cfg: Config, stage: str, params: str) -> str:
     from .launch import stage_command
+    if through_vllm(cfg, stage):
+        return "in-process through vLLM (tensor parallel over the visible GPUs)"
     if cfg.launch.num_processes == 1:
         return "in-process (the notebook's kernel)"
-    return shlex.join(stage_command(cfg, stage, params, f"runs/{cfg.run_name}"))
+    return shlex.join(stage_command(cfg, "eval_<policy>" if stage == "eval" else stage, params, f"runs/{cfg.run_name}"))
+
+
+def world_size(cfg: Config, stage: str) -> int:
+    return 1 if through_vllm(cfg, stage) else cfg.launch.num_processes
 
 
 def trl_stage(cfg, arch, section, rows: int, sequences_per_row: int, frozen: int, hyper: dict) -> dict:
@@ -273,7 +283,7 @@ def dry_run(cfg: Config, params: str, run=None) -> list[dict]:
             "learning_rate": cfg.rm.learning_rate, "per_device_train_batch_size": cfg.rm.batch_size,
             "weight_decay": cfg.rm.weight_decay, "num_warmup_steps": cfg.rm.warmup_steps}),
         "resample": generation_stage(cfg, arch, rows["prompts"], cfg.resample.batch_size * 2,  # two samples a prompt
-                                     cfg.resample.max_new_tokens, cfg.launch.num_processes),
+                                     cfg.resample.max_new_tokens, world_size(cfg, "resample")),
     }
     dpo_hyper = {"learning_rate": cfg.dpo.learning_rate, "per_device_train_batch_size": cfg.dpo.batch_size,
                  "weight_decay": cfg.dpo.weight_decay, "beta": cfg.dpo.beta,
@@ -288,10 +298,10 @@ def dry_run(cfg: Config, params: str, run=None) -> list[dict]:
     for name in cfg.trained_policies():
         if name not in stages and name != "sft":
             stages[name] = ppo_stage(cfg, arch, name, ppo_prompts[ppo_variant(cfg, name).prompts])
-    stages["eval"] = generation_stage(cfg, arch, cfg.eval.num_prompts, cfg.eval.batch_size, cfg.eval.max_new_tokens, 1)
-    # every stage but evaluation goes through the launcher (mpo_lib/launch.py); evaluation runs in the kernel
-    return [{"stage": name, "launch": launch_command(cfg, name, params) if name != "eval" else
-             "in-process (one device)", "world_size": cfg.launch.num_processes if name != "eval" else 1,
+    stages["eval"] = generation_stage(cfg, arch, cfg.eval.num_prompts, cfg.eval.batch_size, cfg.eval.max_new_tokens,
+                                      world_size(cfg, "eval"))
+    # every stage goes through the launcher (mpo_lib/launch.py); with vLLM, resample and eval run in the kernel
+    return [{"stage": name, "launch": launch_command(cfg, name, params), "world_size": world_size(cfg, name),
              "fits": cfg.launch.device_memory_gb is None or stage["memory_gb"]["total"] <= cfg.launch.device_memory_gb,
              "counts": source, **stage} for name, stage in stages.items()]
 

@@ -11,14 +11,15 @@ prompts with one decoding setting, and the run's reward model scores the answers
 from __future__ import annotations
 
 import json
-import time
+import os
 from pathlib import Path
 
 from .artifacts import Run, config_hash, read_json, write_json
 from .bootstrap import mean_ci
 from .data import truncate_prompt
-from .models import DTYPES, device, load_stage_model, load_tokenizer, to_device
-from .resample import generate
+from .distributed import is_main_process
+from .models import device, load_stage_model, load_tokenizer, to_device
+from .resample import sample_and_score
 from .reward import score
 
 # every policy stage a run can hold, in the order tables list them
@@ -96,18 +97,11 @@ def run_policy_eval(run: Run, policy: str, prompts: list[dict]) -> dict:
     cases = case_prompts(run)
 
     def build(out_dir: Path) -> dict:
-        tokenizer = load_tokenizer(run)
         texts = [p["prompt"] for p in prompts] + cases
-        model = to_device(load_stage_model(run, policy), DTYPES[cfg.model.sample_dtype])
-        started = time.time()
-        answers = [a[0] for a in generate(model, tokenizer, texts, 1, spec.max_new_tokens, spec.batch_size,
-                                          spec.temperature, spec.top_p, cfg.resample.stop, cfg.seed)]
-        seconds = time.time() - started
-        del model
-        reward_model = to_device(load_stage_model(run, "rm", head="score"))
-        rewards = score(reward_model, tokenizer, texts[:len(prompts)], answers[:len(prompts)], spec.batch_size,
-                        cfg.rm.max_length, cfg.model.bf16)
-        with open(out_dir / "responses.jsonl", "w") as handle:
+        result = sample_and_score(run, policy, texts, 1, spec.max_new_tokens, spec.batch_size, spec.temperature,
+                                  spec.top_p, spec.batch_size)  # the case prompts' rewards are not reported
+        answers, rewards = [a[0] for a in result["samples"]], [r[0] for r in result["rewards"]][:len(prompts)]
+        with open(out_dir / "responses.jsonl" if is_main_process() else os.devnull, "w") as handle:
             for k, text in enumerate(texts):
                 row = {"prompt": text, "response": answers[k], "case": k >= len(prompts),
                        "subset": prompts[k]["subset"] if k < len(prompts) else None,
@@ -118,8 +112,7 @@ def run_policy_eval(run: Run, policy: str, prompts: list[dict]) -> dict:
         return {"policy": policy, "prompts": len(prompts), "reward_mean": mean, "ci_low": low, "ci_high": high,
                 "reward_by_subset": {s: sum(r for r, p in zip(rewards, prompts) if p["subset"] == s)
                                      / sum(p["subset"] == s for p in prompts) for s in subsets},
-                "tokens_generated": sum(len(tokenizer(a, add_special_tokens=False)["input_ids"]) for a in answers),
-                "generation_seconds": round(seconds, 1)}
+                "tokens_generated": result["new_tokens"], "generation_seconds": round(result["seconds"], 1)}
 
     return run.run_stage(f"eval_{policy}", *eval_spec(run, policy, prompts), build)
 
@@ -128,7 +121,7 @@ def eval_spec(run: Run, policy: str, prompts: list[dict]) -> tuple[dict, list[st
     cfg = run.cfg
     settings = {"eval": cfg.eval.model_dump(include={"max_new_tokens", "temperature", "top_p", "bootstrap_resamples"}),
                 "prompts": config_hash(prompts), "cases": case_prompts(run), "stop": cfg.resample.stop,
-                "sample_dtype": cfg.model.sample_dtype, "seed": cfg.seed}
+                "sample_dtype": cfg.model.sample_dtype, "seed": cfg.seed, **cfg.workers(), **cfg.generation()}
     return settings, [policy, "rm"]
 
 

@@ -1,5 +1,6 @@
 """How a stage that trains or samples at scale (sft, rm, resample, dpo, the PPO variants, the
-ablations) runs: in the notebook's kernel, or under `accelerate launch`.
+ablations, the eval_<policy> generations) runs: in the notebook's kernel, or under `accelerate launch`.
+With launch.generation_backend: vllm, resample and eval_<policy> run in the kernel through vLLM.
 
 A notebook cell calls `launch.run_stage(run, "dpo")` whatever the params say. With
 launch.num_processes = 1 the stage runs in-process. With more, the run's resolved params are
@@ -59,6 +60,9 @@ def run_in_process(run: Run, stage: str) -> dict:
     if stage == "resample":
         from .resample import run_resample
         return run_resample(run, load_preferences(run.cfg).train)
+    if stage.startswith("eval_"):
+        from .evaluation import eval_prompts, run_policy_eval
+        return run_policy_eval(run, stage.removeprefix("eval_"), eval_prompts(run, load_preferences(run.cfg).heldout))
     if stage == "dpo" or isinstance(ABLATIONS.get(stage), DPOVariant):
         from .dpo import run_dpo
         return run_dpo(run, load_preferences(run.cfg).train, stage)
@@ -71,6 +75,11 @@ WORKER_ERROR = "mpo_lib worker error:"
 
 def run_stage(run: Run, stage: str) -> dict:
     """What a notebook cell calls: the stage's metrics, trained in-process or by launched workers."""
+    generates = stage == "resample" or stage.startswith("eval_")
+    if generates and run.cfg.launch.generation_backend == "vllm":
+        from .vllm_backend import require_vllm
+        require_vllm()  # before anything runs: the stages already finished stay as they are
+        return run_in_process(run, stage)  # one process; vLLM spreads the model over the GPUs itself
     if run.cfg.launch.num_processes == 1:
         return run_in_process(run, stage)
     if run.cfg.launch.zero_stage() == 3:

@@ -113,6 +113,40 @@ def resample_prompts(cfg, rows: list[dict]) -> list[str]:
     return prompts[: cfg.resample.num_prompts]
 
 
+def sample_and_score(run: Run, stage: str, prompts: list[str], num_samples: int, max_new_tokens: int,
+                     batch_size: int, temperature: float, top_p: float, score_batch_size: int) -> dict:
+    """num_samples answers to each prompt from `stage`'s policy (the kit's sampler, or vLLM with
+    launch.generation_backend: vllm), each scored by the run's RM. Launched workers each take every
+    world-th prompt, with their own seed; every worker gets the results back in prompt order:
+    {"samples": [[text] * num_samples], "rewards": [[float] * num_samples], "new_tokens", "seconds"}."""
+    cfg = run.cfg
+    tokenizer = load_tokenizer(run)
+    rank, world = rank_and_world()
+    mine, seed = prompts[rank::world], cfg.seed + rank
+    started = time.time()
+    if cfg.launch.generation_backend == "vllm":
+        from .vllm_backend import vllm_generate
+        samples = vllm_generate(run, stage, mine, num_samples, max_new_tokens, temperature, top_p, cfg.resample.stop,
+                                seed)
+    else:
+        policy = to_device(load_stage_model(run, stage), DTYPES[cfg.model.sample_dtype])
+        samples = generate(policy, tokenizer, mine, num_samples, max_new_tokens, batch_size, temperature, top_p,
+                           cfg.resample.stop, seed)
+        del policy
+    seconds = time.time() - started
+    new_tokens = sum(len(tokenizer(text, add_special_tokens=False)["input_ids"]) for row in samples for text in row)
+    reward_model = to_device(load_stage_model(run, "rm", head="score"))
+    by_sample = [score(reward_model, tokenizer, mine, [row[k] for row in samples], score_batch_size,
+                       cfg.rm.max_length, cfg.model.bf16) for k in range(num_samples)]
+    shards = gather_objects({"samples": samples, "rewards": [list(r) for r in zip(*by_sample)],
+                             "tokens": new_tokens, "seconds": seconds})
+    merged = {key: [None] * len(prompts) for key in ("samples", "rewards")}
+    for r, shard in enumerate(shards):  # worker r holds prompts r, r + world, ...
+        for key, rows in merged.items():
+            rows[r::world] = shard[key]
+    return {**merged, "new_tokens": sum(s["tokens"] for s in shards), "seconds": max(s["seconds"] for s in shards)}
+
+
 def run_resample(run: Run, train_rows: list[dict]) -> dict:
     cfg = run.cfg
     spec = cfg.resample
@@ -120,34 +154,15 @@ def run_resample(run: Run, train_rows: list[dict]) -> dict:
     def build(out_dir: Path) -> dict:
         tokenizer = load_tokenizer(run)
         prompts = [truncate_prompt(tokenizer, p, cfg.data.max_prompt_tokens) for p in resample_prompts(cfg, train_rows)]
-        rank, world = rank_and_world()  # launched workers: each samples and scores every world-th prompt
-        mine = prompts[rank::world]
-        policy = to_device(load_stage_model(run, "sft"), DTYPES[cfg.model.sample_dtype])
-        started = time.time()
-        samples = generate(policy, tokenizer, mine, 2, spec.max_new_tokens, spec.batch_size,
-                           spec.temperature, spec.top_p, spec.stop, cfg.seed + rank)
-        generation_seconds = time.time() - started
-        new_tokens = sum(len(tokenizer(s, add_special_tokens=False)["input_ids"]) for pair in samples for s in pair)
-        del policy
-        reward_model = to_device(load_stage_model(run, "rm", head="score"))
-        first, second = (score(reward_model, tokenizer, mine, [pair[k] for pair in samples], spec.score_batch_size,
-                               cfg.rm.max_length, cfg.model.bf16) for k in (0, 1))
-        shards = gather_objects({"prompts": mine, "samples": samples, "first": first, "second": second,
-                                 "tokens": new_tokens, "seconds": generation_seconds})
-        # back into prompt order: worker r holds prompts r, r + world, ...
-        merged = {key: [None] * len(prompts) for key in ("prompts", "samples", "first", "second")}
-        for r, shard in enumerate(shards):
-            for key in merged:
-                merged[key][r::world] = shard[key]
-        prompts, samples, first, second = merged["prompts"], merged["samples"], merged["first"], merged["second"]
-        new_tokens, generation_seconds = sum(s["tokens"] for s in shards), max(s["seconds"] for s in shards)
+        result = sample_and_score(run, "sft", prompts, 2, spec.max_new_tokens, spec.batch_size, spec.temperature,
+                                  spec.top_p, spec.score_batch_size)
         write_json(out_dir / "pairs.json", [  # the main worker writes
             {"prompt": prompt, "response_1": pair[0], "response_2": pair[1], "reward_1": r1, "reward_2": r2}
-            for prompt, pair, r1, r2 in zip(prompts, samples, first, second)])
-        gaps = np.abs(np.asarray(first) - np.asarray(second))
-        return {"prompts": len(prompts), "new_tokens": new_tokens,
-                "generation_seconds": round(generation_seconds, 1),
-                "new_tokens_per_second": round(new_tokens / generation_seconds, 1),
+            for prompt, pair, (r1, r2) in zip(prompts, result["samples"], result["rewards"])])
+        gaps = np.asarray([abs(r1 - r2) for r1, r2 in result["rewards"]])
+        return {"prompts": len(prompts), "new_tokens": result["new_tokens"],
+                "generation_seconds": round(result["seconds"], 1),
+                "new_tokens_per_second": round(result["new_tokens"] / result["seconds"], 1),
                 "reward_gap_mean": float(gaps.mean()), "reward_gap_median": float(np.median(gaps))}
 
     return run.run_stage("resample", *resample_spec(cfg), build)
@@ -156,7 +171,7 @@ def run_resample(run: Run, train_rows: list[dict]) -> dict:
 def resample_spec(cfg) -> tuple[dict, list[str]]:
     return {"resample": cfg.resample.model_dump(), "sample_dtype": cfg.model.sample_dtype,
             "max_prompt_tokens": cfg.data.max_prompt_tokens, "rm_max_length": cfg.rm.max_length,
-            "seed": cfg.seed, "stored_as": "json", **cfg.workers()}, ["sft", "rm"]
+            "seed": cfg.seed, "stored_as": "json", **cfg.workers(), **cfg.generation()}, ["sft", "rm"]
 
 
 def split_by_gap(pairs: list[dict], gamma: float) -> tuple[list[dict], list[dict]]:

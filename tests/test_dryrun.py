@@ -118,3 +118,13 @@ def test_dry_run_command_prints_every_stage_and_trains_nothing(tmp_path):
         assert f"\n{stage}: " in result.stdout
     assert "accelerate.commands.launch --num_processes 8 --use_deepspeed" in result.stdout
     assert not (tmp_path / "tldr").exists()
+
+
+def test_generation_is_sharded_over_the_workers_or_handed_to_vllm():
+    sharded = plan("params/hh_full.yaml")
+    assert sharded["eval"]["world_size"] == 8 and "stage 'eval_<policy>'" in sharded["eval"]["launch"]
+    assert sharded["eval"]["global_batch"] == 8 * sharded["eval"]["per_device_batch"]
+    vllm = plan("params/hh_full.yaml", {"launch": {"generation_backend": "vllm"}})
+    for stage in ("resample", "eval"):
+        assert vllm[stage]["world_size"] == 1 and vllm[stage]["launch"].startswith("in-process through vLLM")
+    assert vllm["dpo"]["world_size"] == 8  # training still launches its workers

@@ -1,5 +1,6 @@
 """The launcher: a stage trained by two launched CPU workers (gloo) matches the same stage in one
 process with the same global batch, and a failing worker fails the caller with its message."""
+import importlib.util
 import shutil
 
 import pytest
@@ -65,3 +66,28 @@ def test_resampling_on_two_workers_covers_every_prompt_once_in_order(smoke_run, 
     assert [p["prompt"] for p in pairs] == [p["prompt"] for p in load_pairs(smoke_run)[:8]]
     assert metrics["workers"] == 2 and metrics["prompts"] == 8  # prompts r, r + 2, ... from worker r
     assert all(isinstance(p["response_1"], str) and isinstance(p["reward_2"], float) for p in pairs)
+
+
+def test_evaluation_on_two_workers_gives_the_one_process_answers_and_rewards(smoke_run, tmp_path):
+    from mpo_lib.evaluation import responses
+
+    run = copy_of(smoke_run, tmp_path, TWO_WORKERS)  # greedy answers (eval.temperature 0): sharding changes nothing
+    metrics = run_stage(run, "eval_sft")
+    assert metrics["workers"] == 2 and metrics["prompts"] == smoke_run.metrics("eval_sft")["prompts"]
+    mine, reference = responses(run, "sft"), responses(smoke_run, "sft")
+    assert [r["response"] for r in mine] == [r["response"] for r in reference]
+    assert [r["reward"] for r in mine] == pytest.approx([r["reward"] for r in reference], abs=1e-4)
+    assert metrics["reward_mean"] == pytest.approx(smoke_run.metrics("eval_sft")["reward_mean"], abs=1e-4)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("vllm") is not None, reason="vLLM is installed here")
+def test_the_vllm_backend_without_vllm_says_so_before_anything_runs(smoke_run, tmp_path):
+    from mpo_lib import ConfigError
+
+    run = copy_of(smoke_run, tmp_path, {"launch": {"generation_backend": "vllm"}, "resample": {"num_prompts": 4}})
+    before = {path: path.read_bytes() for path in run.path.rglob("*") if path.is_file()}
+    for stage in ("resample", "eval_sft"):
+        with pytest.raises(ConfigError, match=r"launch.generation_backend is 'vllm', but vLLM is not installed: "
+                                              r"pip install vllm"):
+            run_stage(run, stage)
+    assert {path: path.read_bytes() for path in run.path.rglob("*") if path.is_file()} == before
