@@ -181,6 +181,7 @@ def build_roles(run: Run, variant: PPOVariant, shared: bool | None = None) -> Ro
 
 def shared_backbone_roles(run: Run, variant: PPOVariant) -> Roles:
     from peft import get_peft_model
+    from peft.tuners.lora import LoraLayer
     from safetensors.torch import load_file
 
     cfg = run.cfg
@@ -194,8 +195,14 @@ def shared_backbone_roles(run: Run, variant: PPOVariant) -> Roles:
                          "holds them only when every stage is an adapter on the same base")
     lora = get_peft_model(to_device(load_stage_model(run, roots.pop())), lora_config(cfg, "CAUSAL_LM"))
     lora.add_adapter("value", lora_config(cfg, "CAUSAL_LM"))
-    for stage in sorted({stage for _, chain in chains.values() for stage in chain}):
+    stages = sorted({stage for _, chain in chains.values() for stage in chain})
+    for stage in stages:
         lora.load_adapter(run.stage_dir(stage) / "adapter", adapter_name=f"stage_{stage}")
+    frozen = [f"stage_{stage}" for stage in stages]
+    for layer in lora.modules():  # a finished stage is a fixed function, as its merged weights were: no dropout
+        if isinstance(layer, LoraLayer):
+            for name in set(frozen) & set(layer.lora_dropout):
+                layer.lora_dropout[name] = torch.nn.Identity()
     adapters = {role: [f"stage_{stage}" for stage in chain] for role, (_, chain) in chains.items()}
     adapters["policy"].append("default")
     adapters["critic"] = adapters["reward"] + ["value"]
@@ -550,6 +557,8 @@ def ppo_spec(cfg, name: str) -> tuple[dict, list[str]]:
     settings = {"ppo": cfg.ppo.model_dump(exclude={"variants"}), "variant": variant.model_dump(),
                 "lora": cfg.model.lora and cfg.model.lora.model_dump(), "bf16": cfg.model.bf16, "seed": cfg.seed,
                 "stop": cfg.resample.stop, "max_prompt_tokens": cfg.data.max_prompt_tokens, **cfg.workers()}
+    if cfg.model.lora is not None:  # stacked adapters on one backbone (earlier: merged copies, other parameter names)
+        settings["roles"] = "one_backbone"
     return settings, sorted({variant.init, variant.reference, "rm", prompt_source(variant)})
 
 

@@ -127,6 +127,29 @@ def test_one_backbone_lora_layout_matches_four_separate_models(lora_run):
         assert torch.allclose(one, other, atol=1e-5)
 
 
+def test_stage_adapters_stay_fixed_in_training_mode(lora_run, tmp_path):
+    """Training forwards (dropout on) see the stage adapters as their merged weights: without dropout,
+    even when the stage trained with it."""
+    import json
+    import shutil
+
+    from conftest import LORA, SMOKE
+    from mpo_lib import Run, load_config
+
+    shutil.copytree(lora_run.path, tmp_path / "run")
+    run = Run(load_config(SMOKE, LORA), tmp_path / "run")
+    for stage in ("sft", "dpo", "rm"):
+        config = run.stage_dir(stage) / "adapter" / "adapter_config.json"
+        config.write_text(json.dumps({**json.loads(config.read_text()), "lora_dropout": 0.5}))
+    roles = build_roles(run, PPOVariant(init="dpo", reference="dpo"))
+    ids, attention, prompt_length = sequences(run)
+    with torch.no_grad(), roles.use("policy") as policy:
+        policy.eval()
+        evaluated = token_logprobs(policy, ids, attention, prompt_length)
+        policy.train()  # the policy's own adapter has params' dropout 0
+        assert torch.allclose(token_logprobs(policy, ids, attention, prompt_length), evaluated, atol=1e-6)
+
+
 def test_non_finite_loss_stops_with_the_step(lora_run, tmp_path):
     from mpo_lib.ppo import Trainer
 
@@ -159,7 +182,10 @@ def test_micro_batches_accumulate_to_the_mini_batch_gradient(lora_run, tmp_path)
         torch.manual_seed(1)
         trainer.update(batch, step=1)
         gradients.append(seen)
-    assert gradients[0].keys() == gradients[1].keys() and len(gradients[0]) > 0
+        # every trainable parameter of both roles got a gradient; the frozen stage adapters, none
+        assert len(seen) == sum(map(len, trainer.roles.trainable.values()))
+        assert all(p.grad is None for n, p in trainer.roles.lora.named_parameters() if ".stage_" in n)
+    assert gradients[0].keys() == gradients[1].keys()
     for name, gradient in gradients[0].items():
         assert torch.allclose(gradient, gradients[1][name], rtol=1e-4, atol=1e-7), name
 
