@@ -10,9 +10,9 @@ the kit's LoRA layout (four roles on one backbone) against four separate models 
    never a dependency of the kit. Step time is the median over steps after the first.
 2. SmolLM2-135M with LoRA, one PPO step of 8 prompts x 64 new tokens (micro-batches of 2, gradient
    checkpointing), in two processes: four roles on one backbone (the kit's LoRA layout; the issue
-   asked for two, hence the last line's name) and four separate models. Uses the SFT and RM of
-   --smollm-run-dir when they are finished (resampling again if its stage is out of date),
-   otherwise builds short ones.
+   asked for two, hence the last line's name) and four separate models. Uses a copy of the SFT and RM
+   of --smollm-run-dir when they are finished (resampling again in the copy if that stage is out of
+   date), otherwise builds short ones.
 
 Last two lines:
     step_time_ratio=<ours/trl> peak_rss_ratio=<ours/trl>
@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -142,7 +143,16 @@ def compare_layouts(run_dir: Path | None, workdir: Path) -> float:
     smollm_ppo = {"rollout_batch_size": 8, "mini_batch_size": 8, "micro_batch_size": 2, "max_new_tokens": 64,
                   "actor_lr": 1e-4, "critic_lr": 1e-4, "max_steps": 1, "gradient_checkpointing": True}
     if run_dir and all((run_dir / s / "COMPLETE").exists() for s in ("sft", "rm")):
-        build_stages(config(run_dir, "params/cpu_small.yaml", smollm_ppo))  # reused, or only resampling redone
+        # a copy: resampling again, if that stage is out of date, must not supersede the run's own
+        for name in ("run.json", "base", "data", "sft", "rm", "resample"):
+            source, target = run_dir / name, workdir / "smollm" / name
+            if source.is_dir():
+                shutil.copytree(source, target)
+            elif source.exists():
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy(source, target)
+        run_dir = workdir / "smollm"
+        build_stages(config(run_dir, "params/cpu_small.yaml", smollm_ppo))
     else:  # short stages: only memory is measured here
         run_dir = workdir / "smollm"
         build_stages(config(run_dir, "params/cpu_small.yaml", smollm_ppo, {

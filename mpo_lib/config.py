@@ -245,8 +245,10 @@ class LaunchConfig(_Section):
     accelerate_config: str | None = None  # an `accelerate config` YAML: multi-node settings (machines, rank, address)
     device_memory_gb: float | None = Field(None, gt=0, description="the dry run flags stages estimated above it")
     # resampling and evaluation: the kit's sampler, sharded over the launched workers, or vLLM (an optional
-    # extra: pip install vllm), in one process over every GPU by tensor parallelism
+    # extra: pip install vllm) in one process
     generation_backend: Literal["kit", "vllm"] = "kit"
+    vllm_tensor_parallel: int = Field(1, gt=0, description="GPUs per vLLM engine (divides the attention heads)")
+    vllm_memory_fraction: float = Field(0.6, gt=0, le=1, description="of each GPU's memory, for weights and KV cache")
 
     def zero_stage(self) -> int:
         """The ZeRO stage of deepspeed_config (0: no DeepSpeed)."""

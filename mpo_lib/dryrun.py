@@ -201,7 +201,7 @@ def through_vllm(cfg: Config, stage: str) -> bool:
 def launch_command(cfg: Config, stage: str, params: str) -> str:
     from .launch import stage_command
     if through_vllm(cfg, stage):
-        return "in-process through vLLM (tensor parallel over the visible GPUs)"
+        return f"in-process through vLLM (tensor parallel over {cfg.launch.vllm_tensor_parallel} GPU(s))"
     if cfg.launch.num_processes == 1:
         return "in-process (the notebook's kernel)"
     return shlex.join(stage_command(cfg, "eval_<policy>" if stage == "eval" else stage, params, f"runs/{cfg.run_name}"))

@@ -1,17 +1,18 @@
 """vLLM for resampling and evaluation (launch.generation_backend: vllm): an optional extra, never a
 dependency of the kit (pip install vllm, on a GPU machine).
 
-vLLM loads weights from a folder, so a stage's policy is written once with its adapters merged, to
-<run>/vllm/<stage>-<stage hash>, and reused while that stage stands. The stage runs in one process
-that spreads the model over every visible GPU (tensor parallelism); the reward model then scores the
-answers as with the kit's sampler. Sampling follows the kit's: temperature (0: greedy), top_p, the
+vLLM loads weights from a folder, so the stage's policy is written with its adapters merged (in
+model.sample_dtype) to a temporary folder of the run, deleted with the engine. The stage runs in one
+process: launch.vllm_tensor_parallel GPUs (it must divide the model's attention heads) and
+launch.vllm_memory_fraction of their memory; the engine is freed before the reward model scores
+the answers, as with the kit's sampler. Sampling follows the kit's: temperature (0: greedy), top_p, the
 stop string (cut from the text), num_samples answers per prompt, the run's seed.
 """
 from __future__ import annotations
 
 from .artifacts import Run
 from .config import ConfigError
-from .models import load_stage_model, load_tokenizer
+from .models import DTYPES, load_stage_model, load_tokenizer
 
 
 def require_vllm():
@@ -23,24 +24,29 @@ def require_vllm():
     return vllm
 
 
-def merged_folder(run: Run, stage: str):
-    """The stage's policy with adapters merged, in the folder layout vLLM reads, written on first use."""
-    folder = run.path / "vllm" / f"{stage}-{run.stage_hash(stage)}"
-    if not (folder / "config.json").exists():
-        partial = folder.with_name(folder.name + ".partial")
-        load_stage_model(run, stage).save_pretrained(partial)
-        load_tokenizer(run).save_pretrained(partial)
-        partial.rename(folder)
-    return folder
+def merged_folder(run: Run, stage: str, folder):
+    """The stage's policy with adapters merged (in model.sample_dtype), in the folder layout vLLM reads."""
+    load_stage_model(run, stage, dtype=DTYPES[run.cfg.model.sample_dtype]).save_pretrained(folder)
+    load_tokenizer(run).save_pretrained(folder)
 
 
 def vllm_generate(run: Run, stage: str, prompts: list[str], num_samples: int, max_new_tokens: int,
                   temperature: float, top_p: float, stop: str | None, seed: int) -> list[list[str]]:
     vllm = require_vllm()
+    import gc
+    import tempfile
+
     import torch
 
-    llm = vllm.LLM(model=str(merged_folder(run, stage)), seed=seed, tensor_parallel_size=torch.cuda.device_count(),
-                   dtype="bfloat16" if run.cfg.model.bf16 else "float32")
-    params = vllm.SamplingParams(n=num_samples, temperature=temperature, top_p=top_p, max_tokens=max_new_tokens,
-                                 stop=[stop] if stop else None, seed=seed)
-    return [[answer.text for answer in output.outputs] for output in llm.generate(prompts, params)]
+    with tempfile.TemporaryDirectory(dir=run.path) as folder:  # the merged copy lives as long as the engine
+        merged_folder(run, stage, folder)
+        llm = vllm.LLM(model=folder, seed=seed, tensor_parallel_size=run.cfg.launch.vllm_tensor_parallel,
+                       gpu_memory_utilization=run.cfg.launch.vllm_memory_fraction, dtype=run.cfg.model.sample_dtype)
+        # one seed for the engine, none per request: each prompt draws its own samples
+        params = vllm.SamplingParams(n=num_samples, temperature=temperature, top_p=top_p, max_tokens=max_new_tokens,
+                                     stop=[stop] if stop else None)
+        outputs = [[answer.text for answer in output.outputs] for output in llm.generate(prompts, params)]
+        del llm  # the reward model scores next, in this process: give the GPU memory back
+        gc.collect()
+        torch.cuda.empty_cache()
+    return outputs
