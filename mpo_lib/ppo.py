@@ -137,15 +137,11 @@ class Roles:
         self.trainable = trainable  # "policy" / "critic" -> {name: parameter}
         self.lora, self.adapters = lora, adapters  # the shared backbone, role -> its active adapters
 
-    @property
-    def shared(self) -> bool:
-        return self.lora is not None
-
     @contextlib.contextmanager
     def use(self, role: str):
         """The module playing `role`; on the shared backbone, with that role's adapters active. A
         backward pass belongs inside the block: gradient checkpointing recomputes with them."""
-        if self.shared:
+        if self.lora is not None:
             self.lora.base_model.set_adapter(self.adapters[role], inference_mode=True)  # all frozen, then
             for param in self.trainable.get(role, {}).values():                       # the role's own on
                 param.requires_grad_(True)
@@ -288,7 +284,7 @@ class Trainer:
             self.schedulers.append(get_scheduler("cosine", optimizer, self.spec.warmup_steps, self.spec.max_steps))
         self.autocast = torch.autocast(device().type, dtype=torch.bfloat16, enabled=self.cfg.model.bf16)
         if self.spec.gradient_checkpointing:  # active in train() mode only: rollouts are unaffected
-            for model in {id(m): m for m in (roles.models["policy"], roles.models["critic"])}.values():
+            for model in (roles.models["policy"], roles.models["critic"]):
                 model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
     @torch.no_grad()
