@@ -98,8 +98,7 @@ def run_policy_eval(run: Run, policy: str, prompts: list[dict]) -> dict:
 
     def build(out_dir: Path) -> dict:
         texts = [p["prompt"] for p in prompts] + cases
-        result = sample_and_score(run, policy, texts, 1, spec.max_new_tokens, spec.batch_size, spec.temperature,
-                                  spec.top_p, spec.batch_size)  # the case prompts' rewards are not reported
+        result = sample_and_score(run, policy, texts, 1, spec, spec.batch_size)  # case prompts' rewards: unreported
         answers, rewards = [a[0] for a in result["samples"]], [r[0] for r in result["rewards"]][:len(prompts)]
         with open(out_dir / "responses.jsonl" if is_main_process() else os.devnull, "w") as handle:
             for k, text in enumerate(texts):

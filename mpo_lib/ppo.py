@@ -191,13 +191,12 @@ def shared_backbone_roles(run: Run, variant: PPOVariant) -> Roles:
                          "holds them only when every stage is an adapter on the same base")
     lora = get_peft_model(to_device(load_stage_model(run, roots.pop())), lora_config(cfg, "CAUSAL_LM"))
     lora.add_adapter("value", lora_config(cfg, "CAUSAL_LM"))
-    stages = sorted({stage for _, chain in chains.values() for stage in chain})
-    for stage in stages:
-        lora.load_adapter(run.stage_dir(stage) / "adapter", adapter_name=f"stage_{stage}")
-    frozen = [f"stage_{stage}" for stage in stages]
+    frozen = {f"stage_{stage}": stage for _, chain in chains.values() for stage in chain}
+    for name, stage in sorted(frozen.items()):
+        lora.load_adapter(run.stage_dir(stage) / "adapter", adapter_name=name)
     for layer in lora.modules():  # a finished stage is a fixed function, as its merged weights were: no dropout
         if isinstance(layer, LoraLayer):
-            for name in set(frozen) & set(layer.lora_dropout):
+            for name in frozen.keys() & layer.lora_dropout.keys():
                 layer.lora_dropout[name] = torch.nn.Identity()
     adapters = {role: [f"stage_{stage}" for stage in chain] for role, (_, chain) in chains.items()}
     adapters["policy"].append("default")

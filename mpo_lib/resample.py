@@ -113,9 +113,9 @@ def resample_prompts(cfg, rows: list[dict]) -> list[str]:
     return prompts[: cfg.resample.num_prompts]
 
 
-def sample_and_score(run: Run, stage: str, prompts: list[str], num_samples: int, max_new_tokens: int,
-                     batch_size: int, temperature: float, top_p: float, score_batch_size: int) -> dict:
-    """num_samples answers to each prompt from `stage`'s policy (the kit's sampler, or vLLM with
+def sample_and_score(run: Run, stage: str, prompts: list[str], num_samples: int, spec, score_batch_size: int) -> dict:
+    """num_samples answers to each prompt from `stage`'s policy, decoded as `spec` (the resample or eval
+    section: max_new_tokens, batch_size, temperature, top_p) says (the kit's sampler, or vLLM with
     launch.generation_backend: vllm), each scored by the run's RM. Launched workers each take every
     world-th prompt, with their own seed; every worker gets the results back in prompt order:
     {"samples": [[text] * num_samples], "rewards": [[float] * num_samples], "new_tokens", "seconds"}."""
@@ -126,12 +126,12 @@ def sample_and_score(run: Run, stage: str, prompts: list[str], num_samples: int,
     started = time.time()
     if cfg.launch.generation_backend == "vllm":
         from .vllm_backend import vllm_generate
-        samples = vllm_generate(run, stage, mine, num_samples, max_new_tokens, temperature, top_p, cfg.resample.stop,
-                                seed)
+        samples = vllm_generate(run, stage, mine, num_samples, spec.max_new_tokens, spec.temperature, spec.top_p,
+                                cfg.resample.stop, seed)
     else:
         policy = to_device(load_stage_model(run, stage), DTYPES[cfg.model.sample_dtype])
-        samples = generate(policy, tokenizer, mine, num_samples, max_new_tokens, batch_size, temperature, top_p,
-                           cfg.resample.stop, seed)
+        samples = generate(policy, tokenizer, mine, num_samples, spec.max_new_tokens, spec.batch_size,
+                           spec.temperature, spec.top_p, cfg.resample.stop, seed)
         del policy
     seconds = time.time() - started
     new_tokens = sum(len(tokenizer(text, add_special_tokens=False)["input_ids"]) for row in samples for text in row)
@@ -154,8 +154,7 @@ def run_resample(run: Run, train_rows: list[dict]) -> dict:
     def build(out_dir: Path) -> dict:
         tokenizer = load_tokenizer(run)
         prompts = [truncate_prompt(tokenizer, p, cfg.data.max_prompt_tokens) for p in resample_prompts(cfg, train_rows)]
-        result = sample_and_score(run, "sft", prompts, 2, spec.max_new_tokens, spec.batch_size, spec.temperature,
-                                  spec.top_p, spec.score_batch_size)
+        result = sample_and_score(run, "sft", prompts, 2, spec, spec.score_batch_size)
         write_json(out_dir / "pairs.json", [  # the main worker writes
             {"prompt": prompt, "response_1": pair[0], "response_2": pair[1], "reward_1": r1, "reward_2": r2}
             for prompt, pair, (r1, r2) in zip(prompts, result["samples"], result["rewards"])])

@@ -24,7 +24,7 @@ def require_vllm():
     return vllm
 
 
-def merged_folder(run: Run, stage: str, folder):
+def write_merged(run: Run, stage: str, folder) -> None:
     """The stage's policy with adapters merged (in model.sample_dtype), in the folder layout vLLM reads."""
     load_stage_model(run, stage, dtype=DTYPES[run.cfg.model.sample_dtype]).save_pretrained(folder)
     load_tokenizer(run).save_pretrained(folder)
@@ -39,7 +39,7 @@ def vllm_generate(run: Run, stage: str, prompts: list[str], num_samples: int, ma
     import torch
 
     with tempfile.TemporaryDirectory(dir=run.path) as folder:  # the merged copy lives as long as the engine
-        merged_folder(run, stage, folder)
+        write_merged(run, stage, folder)
         llm = vllm.LLM(model=folder, seed=seed, tensor_parallel_size=run.cfg.launch.vllm_tensor_parallel,
                        gpu_memory_utilization=run.cfg.launch.vllm_memory_fraction, dtype=run.cfg.model.sample_dtype)
         # one seed for the engine, none per request: each prompt draws its own samples
