@@ -14,9 +14,9 @@ from trl import DPOConfig, DPOTrainer
 from .artifacts import Run
 from .config import ABLATIONS, DPOVariant
 from .data import fit_row
-from .models import load_stage_model, load_tokenizer, lora_config, save_stage_model
+from .models import load_stage_model, load_tokenizer, lora_config
 from .resample import load_pairs, load_split, split_by_gap
-from .training import train_and_summarise, trainer_args
+from .training import save_trained, train_and_summarise, trainer_args
 
 
 def dpo_variant(run: Run, name: str) -> DPOVariant:
@@ -68,7 +68,7 @@ def run_dpo(run: Run, offline_rows: list[dict], name: str = "dpo") -> dict:
         # the logged margins of a one-epoch run are on pairs not yet trained on; after training, the
         # margin over the same pairs says whether the policy moved towards the preferred responses
         after = trainer.evaluate(data.select(range(min(len(data), cfg.dpo.eval_pairs))))
-        save_stage_model(trainer.model, out_dir, variant.init, run)
+        save_trained(trainer, out_dir, variant.init, run)
         return {"pairs": len(pairs), "variant": variant.model_dump(), **metrics,
                 "reward_margin_first": steps[0]["rewards/margins"] if steps else None,
                 "reward_margin_last": steps[-1]["rewards/margins"] if steps else None,

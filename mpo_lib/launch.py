@@ -9,7 +9,8 @@ written to <run>/launch/<stage>.yaml and the stage runs as
     accelerate launch --num_processes N [--config_file A] [--use_deepspeed --deepspeed_config_file D]
         -m mpo_lib stage <stage> --params <run>/launch/<stage>.yaml --run-dir <run>
 
-Every worker trains; the main process alone writes the run directory (artifacts.Run.run_stage). The
+Every worker trains; the main process alone writes the run directory (artifacts.Run.run_stage), under
+ZeRO-3 the weights all workers gathered together (training.save_trained). The
 workers' output streams into the cell line by line, and a failed worker fails the cell with the last
 lines it printed. Multi-node runs put the machines, rank and address in an `accelerate config` file
 (launch.accelerate_config). On CPU the workers talk over gloo, which is how the tests run two
@@ -82,10 +83,6 @@ def run_stage(run: Run, stage: str) -> dict:
         return run_in_process(run, stage)  # one process; vLLM spreads the model over the GPUs itself
     if run.cfg.launch.num_processes == 1:
         return run_in_process(run, stage)
-    if run.cfg.launch.zero_stage() == 3:
-        raise LaunchError(f"launch.deepspeed_config {run.cfg.launch.deepspeed_config} is ZeRO-3: the kit's stages save "
-                          "the weights rank 0 holds, a shard under ZeRO-3 (the gathered save is not built). Use "
-                          "params/deepspeed/zero2.json; the dry run plans ZeRO-3 memory")
     params = run.path / "launch" / f"{stage}.yaml"
     params.parent.mkdir(exist_ok=True)
     params.write_text(yaml.safe_dump(run.cfg.source_params, sort_keys=False))

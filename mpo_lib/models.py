@@ -183,27 +183,28 @@ def is_adapter(model) -> bool:
     return hasattr(model, "peft_config")
 
 
-def save_weights(model, folder: Path) -> None:
+def save_weights(model, folder: Path, state_dict: dict | None = None) -> None:
     """A LoRA adapter (never the embeddings: the kit does not resize them, and PEFT would otherwise
-    guess and store both embedding matrices, 235 MB for SmolLM2) or the full weights."""
+    guess and store both embedding matrices, 235 MB for SmolLM2) or the full weights. state_dict: the
+    weights gathered from ZeRO-3 shards, where the model's own hold only this worker's part."""
     if is_adapter(model):  # the adapter trained (PEFT's "default"), not the frozen ones PPO stacks under it
-        model.save_pretrained(folder, save_embedding_layers=False, selected_adapters=["default"])
+        model.save_pretrained(folder, save_embedding_layers=False, selected_adapters=["default"], state_dict=state_dict)
     else:
-        model.save_pretrained(folder)
+        model.save_pretrained(folder, state_dict=state_dict)
 
 
-def save_stage_model(trainer_model, out_dir: Path, base_stage: str, run: Run) -> None:
+def save_stage_model(trainer_model, out_dir: Path, base_stage: str, run: Run, state_dict: dict | None = None) -> None:
     """Save what a trainer trained: the adapter with its base stage recorded, or full weights (by the
-    main process only, when launched: every worker holds the same weights)."""
+    main process only, when launched: every worker holds the same weights, or state_dict gathered them)."""
     if not is_main_process():
         return
     if is_adapter(trainer_model):
         for config in trainer_model.peft_config.values():
             config.base_model_name_or_path = str(run.stage_dir(base_stage))
-        save_weights(trainer_model, out_dir / "adapter")
+        save_weights(trainer_model, out_dir / "adapter", state_dict)
         write_json(out_dir / "model.json", {"kind": "lora", "base_stage": base_stage})
     else:
-        save_weights(trainer_model, out_dir / "model")
+        save_weights(trainer_model, out_dir / "model", state_dict)
         load_tokenizer(run).save_pretrained(out_dir / "model")
         write_json(out_dir / "model.json", {"kind": "full", "path": "model"})
 

@@ -9,8 +9,8 @@ from trl import SFTConfig, SFTTrainer
 
 from .artifacts import Run
 from .data import fit_row
-from .models import load_stage_model, load_tokenizer, lora_config, save_stage_model
-from .training import train_and_summarise, trainer_args
+from .models import load_stage_model, load_tokenizer, lora_config
+from .training import save_trained, train_and_summarise, trainer_args
 
 
 def run_sft(run: Run, rows: list[dict]) -> dict:
@@ -25,7 +25,7 @@ def run_sft(run: Run, rows: list[dict]) -> dict:
             args=trainer_args(SFTConfig, cfg, cfg.sft, out_dir, completion_only_loss=True),
             train_dataset=data, processing_class=tokenizer, peft_config=lora_config(cfg, "CAUSAL_LM"))
         metrics = train_and_summarise(trainer, out_dir)
-        save_stage_model(trainer.model, out_dir, "base", run)
+        save_trained(trainer, out_dir, "base", run)
         return {"rows": len(rows), "rows_used": len(trainer.train_dataset), **metrics}
 
     return run.run_stage("sft", *sft_spec(cfg), build)

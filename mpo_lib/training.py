@@ -11,6 +11,7 @@ import torch
 from .artifacts import announce_resume, write_json
 from .distributed import is_main_process
 from .config import Config, TrainConfig
+from .models import save_stage_model
 
 
 def trainer_args(args_class, cfg: Config, section: TrainConfig, out_dir: Path, **extra):
@@ -77,3 +78,15 @@ def train_and_summarise(trainer, out_dir: Path) -> dict:
         "train_loss_mean": sum(s["loss"] for s in steps) / len(steps) if steps else result.training_loss,
         "train_seconds": round(result.metrics["train_runtime"], 1),
     }
+
+
+def partitions_weights(trainer) -> bool:
+    """True under DeepSpeed ZeRO-3: each worker holds a shard of every weight."""
+    return trainer.is_deepspeed_enabled and trainer.accelerator.state.deepspeed_plugin.zero_stage == 3
+
+
+def save_trained(trainer, out_dir: Path, base_stage: str, run) -> None:
+    """Save the trainer's model as the stage's (models.save_stage_model). Under ZeRO-3 every worker calls
+    this: they gather the shards together, layer by layer, and the main process writes the whole weights."""
+    state_dict = trainer.accelerator.get_state_dict(trainer.model_wrapped) if partitions_weights(trainer) else None
+    save_stage_model(trainer.model, out_dir, base_stage, run, state_dict)

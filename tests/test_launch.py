@@ -1,20 +1,26 @@
-"""The launcher: a stage trained by two launched CPU workers (gloo) matches the same stage in one
-process with the same global batch, and a failing worker fails the caller with its message."""
+"""The launcher: a stage trained by two launched CPU workers (gloo; DeepSpeed ZeRO-2 or ZeRO-3 where
+asked) matches the same stage in one process with the same global batch, and a failing worker fails the
+caller with its message."""
 import importlib.util
+import json
 import shutil
 
 import pytest
 from safetensors.torch import load_file
 
-from conftest import SMOKE
+from conftest import ROOT, SMOKE
 from mpo_lib import Run, load_config
 from mpo_lib.artifacts import read_json
 from mpo_lib.launch import LaunchError, run_stage
 from mpo_lib.resample import load_pairs
 
 
-# smoke's PPO mini-batch of 2 sequences splits over two workers one per worker
-TWO_WORKERS = {"launch": {"num_processes": 2}, "ppo": {"micro_batch_size": 1}}
+def two_workers(deepspeed_config: str | None = None) -> dict:
+    # smoke's PPO mini-batch of 2 sequences splits over two workers one per worker
+    return {"launch": {"num_processes": 2, "deepspeed_config": deepspeed_config}, "ppo": {"micro_batch_size": 1}}
+
+
+TWO_WORKERS = two_workers()
 
 
 def copy_of(run: Run, folder, overrides: dict) -> Run:
@@ -23,17 +29,60 @@ def copy_of(run: Run, folder, overrides: dict) -> Run:
     return Run(load_config(SMOKE, overrides), folder / "smoke")
 
 
-def test_dpo_on_two_workers_matches_one_process_with_the_same_global_batch(smoke_run, tmp_path):
+def zero3_partitioning_everything(folder) -> str:
+    """params/deepspeed/zero3.json, but partitioning every weight: under its default threshold (10^5
+    elements) ZeRO-3 would keep all of the tiny model's weights whole on every worker."""
+    config = json.loads((ROOT / "params" / "deepspeed" / "zero3.json").read_text())
+    config["zero_optimization"]["stage3_param_persistence_threshold"] = 0
+    path = folder / "zero3_all.json"
+    path.write_text(json.dumps(config))
+    return str(path)
+
+
+def loss_curve(run: Run, stage: str) -> list[float]:
+    return [entry["loss"] for entry in read_json(run.stage_dir(stage) / "log_history.json") if "loss" in entry]
+
+
+@pytest.mark.parametrize("deepspeed_config", [None, "params/deepspeed/zero2.json"], ids=["ddp", "zero2"])
+def test_dpo_on_two_workers_matches_one_process_with_the_same_global_batch(smoke_run, tmp_path, deepspeed_config):
     # DPO on 16 of the 32 resampled pairs (dpo_full: the count does not depend on the split): 4 optimizer
     # steps of 4 pairs, either 4 in one process or 2 in each of two workers
     one = copy_of(smoke_run, tmp_path / "one", {"dpo": {"batch_size": 4, "max_rows": 16}})
-    two = copy_of(smoke_run, tmp_path / "two", {"dpo": {"batch_size": 2, "max_rows": 16}, **TWO_WORKERS})
+    two = copy_of(smoke_run, tmp_path / "two", {"dpo": {"batch_size": 2, "max_rows": 16},
+                                                **two_workers(deepspeed_config)})
     assert [run_stage(run, "dpo_full")["workers"] for run in (one, two)] == [1, 2]
-    curves = [[entry["loss"] for entry in read_json(run.stage_dir("dpo_full") / "log_history.json")
-               if "loss" in entry] for run in (one, two)]
+    curves = [loss_curve(run, "dpo_full") for run in (one, two)]
     assert len(curves[0]) == len(curves[1]) == 4
     assert curves[1] == pytest.approx(curves[0], abs=1e-5)  # float summation order only
     assert (two.path / "launch" / "dpo_full.yaml").exists()  # what the workers were given
+
+
+def test_sft_under_zero3_saves_the_whole_weights_the_one_process_run_trains(smoke_run, tmp_path):
+    # each worker holds a shard of every weight: the stage's model is gathered from both, not rank 0's shard
+    one = copy_of(smoke_run, tmp_path / "one", {"sft": {"batch_size": 8, "max_steps": 4}})
+    two = copy_of(smoke_run, tmp_path / "two", {"sft": {"batch_size": 4, "max_steps": 4},
+                                                **two_workers(zero3_partitioning_everything(tmp_path))})
+    assert [run_stage(run, "sft")["workers"] for run in (one, two)] == [1, 2]
+    assert loss_curve(two, "sft") == pytest.approx(loss_curve(one, "sft"), abs=1e-5)
+    weights = [load_file(run.stage_dir("sft") / "model" / "model.safetensors") for run in (one, two)]
+    assert {k: v.shape for k, v in weights[1].items()} == {k: v.shape for k, v in weights[0].items()}
+    assert max((weights[0][k] - weights[1][k]).abs().max().item() for k in weights[0]) < 1e-5
+
+
+def test_the_reward_model_under_zero3_reports_the_accuracy_of_the_model_it_saves(smoke_run, tmp_path):
+    from mpo_lib.data import load_preferences, truncate_prompt
+    from mpo_lib.models import load_stage_model, load_tokenizer
+    from mpo_lib.reward import rm_rows, score
+
+    run = copy_of(smoke_run, tmp_path, {"rm": {"batch_size": 4, "max_steps": 6},
+                                        **two_workers(zero3_partitioning_everything(tmp_path))})
+    run_stage(run, "rm")  # the held-out pairs scored by both workers together, through ZeRO-3's gathering
+    cfg, tokenizer = run.cfg, load_tokenizer(run)
+    rows = rm_rows(cfg, load_preferences(cfg).heldout)[: cfg.rm.eval_rows]
+    prompts = [truncate_prompt(tokenizer, r["prompt"], cfg.data.max_prompt_tokens) for r in rows]
+    saved = score(load_stage_model(run, "rm", head="score"), tokenizer, prompts, [r["chosen"] for r in rows],
+                  cfg.resample.score_batch_size, cfg.rm.max_length, cfg.model.bf16)
+    assert saved == pytest.approx(read_json(run.stage_dir("rm") / "heldout_scores.json")["chosen"], abs=1e-5)
 
 
 def test_one_ppo_step_on_two_workers_matches_one_process(smoke_run, tmp_path):
