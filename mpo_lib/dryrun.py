@@ -14,7 +14,8 @@ mixed-precision AdamW (Rajbhandari et al., 2020: 2 bytes of bf16 weights, 2 of g
 fp32 master weights and moments per parameter, ZeRO-1/2/3 partitioning the optimizer states, then
 the gradients, then the weights, across the processes); activations per micro-batch after
 Korthikanti et al. (2022) with fused attention (34 bytes x sequence x hidden per layer, 2 per layer
-and one layer's worth with gradient checkpointing) plus the logits; the KV cache for generation.
+and one layer's worth with gradient checkpointing) plus the logits; the KV cache for generation (PPO
+under ZeRO-3: with the policy's weights, gathered whole to generate).
 LoRA trains only its adapters (fp32 weights, gradients and moments: 16 bytes a parameter; 10 with
 the paged 8-bit optimizer); a 4-bit base holds about 0.52 bytes a parameter (NF4 with double
 quantisation).
@@ -231,12 +232,15 @@ def ppo_stage(cfg, arch, name, prompts: int) -> dict:
     length = cfg.data.max_prompt_tokens + spec.max_new_tokens
     # LoRA: all four roles are adapters over one backbone (the frozen stage adapters are not counted).
     # Full fine-tuning: four models.
+    # Full fine-tuning on several workers: DeepSpeed engines under the config's ZeRO stage (mpo_lib/zero.py),
+    # the frozen models partitioned under ZeRO-3 only, and a rollout generating from the policy gathered
+    # whole. LoRA: the workers all-reduce the adapters' gradients, no ZeRO.
+    zero = cfg.launch.zero_stage() if cfg.model.lora is None and world > 1 else 0
     update = activations(arch, spec.micro_batch, length, spec.gradient_checkpointing)
-    rollout = kv_cache(arch, spec.rollout_batch_size // world, length)
-    # the kit's PPO sums gradients over the workers itself (mpo_lib/ppo.py): no ZeRO partitioning, torch AdamW
-    memory = memory_gb(arch, cfg, 2, 2, max(update, rollout), zero=0, one_backbone=cfg.model.lora is not None)
+    rollout = kv_cache(arch, spec.rollout_batch_size // world, length) + (arch.params * 2 if zero == 3 else 0)
+    memory = memory_gb(arch, cfg, 2, 2, max(update, rollout), zero=zero, one_backbone=cfg.model.lora is not None)
     accum = spec.mini_batch_size // (spec.micro_batch * world)
-    return {"zero_stage": 0, "per_device_batch": spec.micro_batch, "grad_accum": accum,
+    return {"zero_stage": zero, "per_device_batch": spec.micro_batch, "grad_accum": accum,
             "global_batch": spec.mini_batch_size, "rollout_batch": spec.rollout_batch_size, "rows": prompts,
             "optimizer_steps": spec.max_steps * spec.ppo_epochs * (spec.rollout_batch_size // spec.mini_batch_size),
             "sequence_length": length,

@@ -27,11 +27,13 @@ Several processes (launch.num_processes > 1, mpo_lib/launch.py): each worker gen
 updates its share of every rollout batch (rollout_batch_size and mini_batch_size are global,
 micro_batch_size per worker). The token counts of each mini-batch and the gradients are summed over
 the workers before each optimizer step, so the update is the one a single process would make on the
-whole mini-batch (plain all-reduce, as DDP; DeepSpeed ZeRO is not used by this stage). The logged
+whole mini-batch: a plain all-reduce, as DDP, or, with full fine-tuning and launch.deepspeed_config,
+DeepSpeed engines for the four models under the config's ZeRO stage (mpo_lib/zero.py). The logged
 statistics cover the whole batch; the main worker alone writes the stage's files.
 
 Checkpoints and faults: every checkpoint_every steps, <stage>.partial/checkpoint/state.pt holds all
-a step depends on (weights, optimizers, schedulers, kl_coef, reward statistics, RNG, steps so far);
+a step depends on (weights, optimizers, schedulers, kl_coef, reward statistics, RNG, steps so far;
+under ZeRO, each worker's partitions of weights and optimizer states in DeepSpeed's checkpoint beside it);
 a killed stage resumes from it and ends as an uninterrupted one would. A non-finite loss or a
 probability ratio above max_ratio stops the stage with the step; the last good checkpoint stays.
 """
@@ -43,6 +45,7 @@ import json
 import math
 import os
 import random
+import shutil
 import time
 from pathlib import Path
 
@@ -55,6 +58,7 @@ from .config import ABLATIONS, PPOVariant
 from .data import truncate_prompt
 from .distributed import all_gather, all_reduce, is_main_process, rank_and_world
 from .models import device, load_stage_model, load_tokenizer, lora_config, save_stage_model, to_device
+from . import zero
 from .resample import decode_responses, load_pairs, load_split, positions, sample_batch
 from .reward import score
 
@@ -165,7 +169,11 @@ def build_roles(run: Run, variant: PPOVariant, shared: bool | None = None) -> Ro
     from peft import get_peft_model
 
     cfg = run.cfg
-    load = lambda stage, head="lm": to_device(load_stage_model(run, stage, head))
+    if zero.ppo_uses_zero(cfg):  # DeepSpeed places (under ZeRO-3, partitions) them: loaded in the training dtype
+        dtype = torch.bfloat16 if cfg.model.bf16 else torch.float32
+        load = lambda stage, head="lm": load_stage_model(run, stage, head, dtype)
+    else:
+        load = lambda stage, head="lm": to_device(load_stage_model(run, stage, head))
     policy, critic = load(variant.init), load("rm", "score")
     if cfg.model.lora is not None:
         policy = get_peft_model(policy, lora_config(cfg, "CAUSAL_LM"))
@@ -246,11 +254,16 @@ def token_logprobs(model, input_ids, attention_mask, prompt_length: int, with_en
 
 
 def token_values(critic, input_ids, attention_mask, prompt_length: int):
-    """The critic's value of the state before each response token."""
+    """The critic's value of the state before each response token. The critic's own forward (a DeepSpeed
+    engine counts it) applies the score head at every position and keeps the last; a hook keeps them all."""
     model = critic.get_base_model() if hasattr(critic, "get_base_model") else critic
-    hidden = getattr(model, model.base_model_prefix)(
-        input_ids=input_ids, attention_mask=attention_mask, position_ids=positions(attention_mask)).last_hidden_state
-    return model.score(hidden).squeeze(-1)[:, prompt_length - 1:-1].float()
+    every_position = []
+    hook = model.score.register_forward_hook(lambda module, inputs, output: every_position.append(output))
+    try:
+        critic(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions(attention_mask))
+    finally:
+        hook.remove()
+    return every_position[0].squeeze(-1)[:, prompt_length - 1:-1].float()
 
 
 # ---------------------------------------------------------------------------- the loop
@@ -285,12 +298,18 @@ class Trainer:
         if self.spec.gradient_checkpointing:  # active in train() mode only: rollouts are unaffected
             for model in (roles.models["policy"], roles.models["critic"]):
                 model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        # role -> DeepSpeed engine, under ZeRO. Policy and critic are called through theirs (DeepSpeed counts
+        # the micro-batches of a mini-batch in its forward); the frozen ones are their engines' modules.
+        self.engines = zero.engines(self.cfg, roles.models, dict(zip(("policy", "critic"), self.optimizers))) \
+            if zero.ppo_uses_zero(self.cfg) else {}
+        self.trained_engines = {role: self.engines[role] for role in ("policy", "critic") if role in self.engines}
+        roles.models.update(self.trained_engines)
 
     @torch.no_grad()
     def rollout(self, prompts: list[str]) -> dict:
         spec, tok, roles = self.spec, self.tokenizer, self.roles
         started = time.time()
-        with roles.use("policy") as policy:
+        with roles.use("policy") as policy, zero.generation_model(policy) as policy:
             output, prompt_mask, prompt_length = sample_batch(policy, tok, prompts, 1, spec.max_new_tokens,
                                                               spec.temperature, spec.top_p, self.cfg.resample.stop)
         generation_seconds = time.time() - started
@@ -362,7 +381,7 @@ class Trainer:
                                                                        mb["mask"], spec.cliprange)
                         max_ratio = max(max_ratio, (ratio * mb["mask"]).max().item())
                         self._check(actor_loss, max_ratio, step)
-                        (actor_loss * weight).backward()
+                        self._backward("policy", actor_loss * weight)
                     with roles.use("critic") as critic:
                         with self.autocast:
                             values = token_values(critic, mb["input_ids"], mb["attention_mask"],
@@ -370,7 +389,7 @@ class Trainer:
                         critic_loss = value_loss(values, mb["values"], mb["returns"], mb["mask"],
                                                  spec.cliprange_value)
                         self._check(critic_loss, None, step)
-                        (critic_loss * weight).backward()
+                        self._backward("critic", critic_loss * weight)
                     for key, value in (("policy_loss", actor_loss), ("value_loss", critic_loss),
                                        ("clip_fraction", clip_fraction),
                                        ("entropy", masked_mean(entropy.detach(), mb["mask"]))):
@@ -386,7 +405,16 @@ class Trainer:
             scheduler.step()
         return {k: (max(v) if k == "max_ratio" else sum(v) / len(v)) for k, v in stats.items()}
 
+    def _backward(self, role: str, loss) -> None:
+        if engine := self.trained_engines.get(role):
+            engine.backward(loss * rank_and_world()[1], scale_wrt_gas=False)  # DeepSpeed averages over workers
+            engine.step()  # an optimizer step at the mini-batch's last micro-batch only
+        else:
+            loss.backward()
+
     def _step(self, role: str) -> None:
+        if role in self.trained_engines:  # DeepSpeed stepped at the last micro-batch
+            return
         params = list(self.roles.trainable[role].values())
         for p in params:  # each worker holds its share of the token-mean gradient: the sum is the whole
             if p.grad is not None:  # the same parameters get gradients on every worker
@@ -447,17 +475,30 @@ def save_checkpoint(trainer: Trainer, folder: Path, history: list[dict], samples
     """Everything the next steps depend on, in one file replaced atomically (a kill while saving leaves
     the previous checkpoint): the trainable weights of policy and critic (LoRA adapters and the critic's
     score head, or full weights), both optimizers and schedulers, kl_coef, the reward-normalisation
-    statistics, the RNG state, and the steps so far (the prompt order is replayed from their count)."""
+    statistics, the RNG state, and the steps so far (the prompt order is replayed from their count).
+    Under ZeRO every worker calls this: each writes its partitions of weights and optimizer states to
+    DeepSpeed's checkpoint <role>/step<N>/, which state.pt then names."""
+    tag = f"step{len(history)}"
+    if trainer.trained_engines:
+        zero.save_engines(trainer.trained_engines, folder, tag)
+    if not is_main_process():
+        return
     folder.mkdir(exist_ok=True)
-    state = {**{role: {n: p.detach() for n, p in params.items()} for role, params in trainer.roles.trainable.items()},
-             "optimizers": [o.state_dict() for o in trainer.optimizers],
-             "schedulers": [s.state_dict() for s in trainer.schedulers],
+    if trainer.trained_engines:
+        weights = {"deepspeed_tag": tag}
+    else:
+        weights = {**{role: {n: p.detach() for n, p in params.items()} for role, params in trainer.roles.trainable.items()},
+                   "optimizers": [o.state_dict() for o in trainer.optimizers]}
+    state = {**weights, "schedulers": [s.state_dict() for s in trainer.schedulers],
              "kl_coef": trainer.kl_coef, "score_stats": trainer.score_stats,
              "history": history, "samples": samples, "rng": torch.get_rng_state(),
              "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
     tmp = folder / (CHECKPOINT + ".tmp")
     torch.save(state, tmp)
     tmp.replace(folder / CHECKPOINT)
+    for older in folder.glob("*/step*"):  # DeepSpeed checkpoints state.pt no longer names
+        if older.is_dir() and older.name != tag:
+            shutil.rmtree(older)
 
 
 def load_checkpoint(trainer: Trainer, folder: Path) -> tuple[list[dict], list[dict]]:
@@ -465,12 +506,15 @@ def load_checkpoint(trainer: Trainer, folder: Path) -> tuple[list[dict], list[di
     if not (folder / CHECKPOINT).exists():
         return [], []
     state = torch.load(folder / CHECKPOINT, map_location=device())
-    with torch.no_grad():
-        for role, params in trainer.roles.trainable.items():
-            for name, value in state[role].items():
-                params[name].copy_(value)
-    for optimizer, saved in zip(trainer.optimizers, state["optimizers"]):
-        optimizer.load_state_dict(saved)
+    if "deepspeed_tag" in state:
+        zero.load_engines(trainer.trained_engines, folder, state["deepspeed_tag"])
+    else:
+        with torch.no_grad():
+            for role, params in trainer.roles.trainable.items():
+                for name, value in state[role].items():
+                    params[name].copy_(value)
+        for optimizer, saved in zip(trainer.optimizers, state["optimizers"]):
+            optimizer.load_state_dict(saved)
     for scheduler, saved in zip(trainer.schedulers, state["schedulers"]):
         scheduler.load_state_dict(saved)
     trainer.kl_coef, trainer.score_stats = state["kl_coef"], state["score_stats"]
@@ -521,12 +565,15 @@ def train_ppo(run: Run, name: str, variant: PPOVariant, out_dir: Path, roles: Ro
             if step % spec.sample_every == 0 or step == 1:
                 samples.append({"step": step, "response": batch["responses"][0], "reward": batch["scores"][0].item()})
                 log.write(json.dumps(samples[-1]) + "\n")
-            if step % spec.checkpoint_every == 0 and main:
+            if step % spec.checkpoint_every == 0:
                 save_checkpoint(trainer, out_dir / "checkpoint", history, samples)
     if main:
         writer.close()
         (out_dir / "steps.json").write_text(json.dumps(history, indent=1))
-    save_stage_model(trainer.roles.models["policy"], out_dir, variant.init, run)
+    if engine := trainer.engines.get("policy"):
+        save_stage_model(engine.module, out_dir, variant.init, run, zero.state_dict_to_save(engine))
+    else:
+        save_stage_model(trainer.roles.models["policy"], out_dir, variant.init, run)
     quarter = max(len(history) // 4, 1)
     mean = lambda rows, key: sum(r[key] for r in rows) / len(rows)
     return {"variant": variant.model_dump(), "prompts": len(prompts), "steps": len(history), "resumed_at_step": resumed,

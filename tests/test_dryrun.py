@@ -68,9 +68,8 @@ def test_optimizer_steps_follow_table1_rows_and_the_global_batch():
 
 
 def test_memory_estimate_partitions_model_states_by_zero_stage():
-    zero2 = plan("params/hh_full.yaml")["sft"]["memory_gb"]
-    zero3_config = {"launch": {"deepspeed_config": "params/deepspeed/zero3.json"}}
-    zero3 = plan("params/hh_full.yaml", zero3_config)["sft"]["memory_gb"]
+    zero2 = plan("params/hh_full.yaml", {"launch": {"deepspeed_config": "params/deepspeed/zero2.json"}})["sft"]["memory_gb"]
+    zero3 = plan("params/hh_full.yaml", {"launch": {"deepspeed_config": "params/deepspeed/zero3.json"}})["sft"]["memory_gb"]
     params = architecture(load_config(ROOT / "params/hh_full.yaml")).params
     assert params == pytest.approx(6.74e9, rel=0.01)  # LLaMA-2-7B
     assert zero2["weights"] == pytest.approx(2 * params / 2**30, abs=0.01)  # bf16, replicated under ZeRO-2
@@ -89,6 +88,16 @@ def test_qlora_profile_trains_only_the_adapters_on_a_4bit_base():
     assert 0.25 * bf16_weights < sft["memory_gb"]["weights"] < 0.4 * bf16_weights  # NF4, fp32 embeddings and adapters
     assert sft["memory_gb"]["total"] < 24
     assert sft["global_batch"] == 128  # Table 8's 16 x 8 GPUs, by accumulation
+
+
+@pytest.mark.parametrize("dataset", ["hh", "tldr"])
+def test_every_stage_of_the_full_profiles_fits_an_80gb_gpu(dataset):
+    rows = plan(f"params/{dataset}_full.yaml")
+    assert {stage: row["memory_gb"]["total"] < 80 for stage, row in rows.items()} == dict.fromkeys(rows, True)
+    # PPO's actor and critic are DeepSpeed engines under the profile's ZeRO-3, the frozen models partitioned too
+    assert rows["mpo"]["zero_stage"] == 3
+    assert rows["mpo"]["memory_gb"]["weights"] == pytest.approx(4 * 2 * architecture(
+        load_config(ROOT / f"params/{dataset}_full.yaml")).params / GPUS / 2**30, abs=0.01)
 
 
 @pytest.mark.parametrize("overrides, message", [

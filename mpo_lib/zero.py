@@ -1,0 +1,107 @@
+"""PPO's four models under DeepSpeed ZeRO (launch.deepspeed_config, full fine-tuning, launched workers),
+as DeepSpeed-Chat's step 3 holds them: actor and critic are DeepSpeed engines with the config's ZeRO stage
+(ZeRO-2: gradients and optimizer states partitioned; ZeRO-3: the weights too), the reference and the
+reward model are engines without an optimizer, partitioned under ZeRO-3 and whole (stage 0) otherwise.
+
+The kit's PPO loop stays the same: each micro-batch's loss is already weighted so that the gradients,
+summed over micro-batches and workers, are the mini-batch's token mean (mpo_lib/ppo.py). DeepSpeed
+averages over the workers instead of summing, so the loss is scaled by the world size; it clips the
+gradient norm to 1 and steps the optimizer at the mini-batch's last micro-batch. The kit's cosine
+schedule steps the optimizer's learning rates itself, once per PPO step.
+
+LoRA PPO (one backbone for four roles) does not use ZeRO: its trainable adapters are small, and the
+workers sum their gradients with a plain all-reduce.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+from pathlib import Path
+
+from .config import PROJECT_ROOT, Config
+from .distributed import rank_and_world
+
+
+def ppo_uses_zero(cfg: Config) -> bool:
+    """Full-fine-tuning PPO in launched workers with a DeepSpeed config."""
+    return cfg.launch.zero_stage() > 0 and cfg.model.lora is None and rank_and_world()[1] > 1
+
+
+def engine_config(cfg: Config, trained: bool) -> dict:
+    """The params' DeepSpeed JSON with its "auto" values filled from ppo (micro-batch, accumulation over a
+    mini-batch, the global mini-batch, clipping at 1) and model.bf16; frozen models get no optimizer and,
+    unless the config is ZeRO-3, no partitioning."""
+    spec, world = cfg.ppo, rank_and_world()[1]
+    config = json.loads((PROJECT_ROOT / cfg.launch.deepspeed_config).read_text())
+    config.update({"train_micro_batch_size_per_gpu": spec.micro_batch,
+                   "gradient_accumulation_steps": spec.mini_batch_size // (spec.micro_batch * world),
+                   "train_batch_size": spec.mini_batch_size, "gradient_clipping": 1.0,
+                   "bf16": {"enabled": cfg.model.bf16},
+                   "zero_allow_untested_optimizer": True})  # the kit's torch AdamW, as without ZeRO
+    for key in ("optimizer", "scheduler"):  # the kit's own, with Table 8's actor and critic settings
+        config.pop(key, None)
+    zero = config["zero_optimization"] = copy.deepcopy(config.get("zero_optimization", {}))
+    if not trained:
+        zero.pop("offload_optimizer", None)
+        if zero.get("stage") != 3:
+            zero["stage"] = 0
+    if unfilled := [key for key, value in zero.items() if value == "auto"]:
+        raise ValueError(f"launch.deepspeed_config {cfg.launch.deepspeed_config}: zero_optimization "
+                         f"{', '.join(unfilled)} is 'auto', which the kit's PPO cannot fill: give a number")
+    return config
+
+
+def engines(cfg: Config, models: dict, optimizers: dict) -> dict:
+    """role -> DeepSpeed engine, for the four PPO roles (the trained ones with their optimizers)."""
+    import deepspeed
+
+    wrapped = {}
+    for role, model in models.items():
+        optimizer = optimizers.get(role)
+        wrapped[role], *_ = deepspeed.initialize(model=model, optimizer=optimizer,
+                                                 config=engine_config(cfg, optimizer is not None))
+    return wrapped
+
+
+def partitions_weights(engine) -> bool:
+    return engine.zero_optimization_partition_weights()
+
+
+@contextlib.contextmanager
+def generation_model(model):
+    """The module to sample from: `model` itself, or an engine's module; under ZeRO-3 with every weight
+    gathered on every worker and the per-layer hooks removed (TRL's recipe for generation): a rollout runs
+    as many forwards as its longest answer, which differs between the workers."""
+    engine = model if hasattr(model, "zero_optimization_partition_weights") else None
+    if engine is None or not partitions_weights(engine):
+        yield model if engine is None else engine.module
+        return
+    import deepspeed
+    from trl.models.utils import add_hooks, remove_hooks
+
+    with deepspeed.zero.GatheredParameters(list(engine.module.parameters())):
+        remove_hooks(engine)
+        try:
+            yield engine.module
+        finally:
+            add_hooks(engine)
+
+
+def state_dict_to_save(engine) -> dict | None:
+    """The whole weights, gathered by every worker together (rank 0 receives them), under ZeRO-3; None
+    otherwise: each worker's module holds them."""
+    return engine._zero3_consolidated_16bit_state_dict() if partitions_weights(engine) else None
+
+
+def save_engines(trained: dict, folder: Path, tag: str) -> None:
+    """Every worker writes its partitions of weights and optimizer states, under folder/<role>/<tag>."""
+    for role, engine in trained.items():
+        engine.save_checkpoint(str(folder / role), tag=tag)
+
+
+def load_engines(trained: dict, folder: Path, tag: str) -> None:
+    for role, engine in trained.items():
+        path, _ = engine.load_checkpoint(str(folder / role), tag=tag, load_lr_scheduler_states=False)
+        if path is None:
+            raise FileNotFoundError(f"PPO checkpoint {folder}: no DeepSpeed checkpoint {tag} for the {role}")
