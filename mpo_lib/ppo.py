@@ -260,10 +260,11 @@ def token_values(critic, input_ids, attention_mask, prompt_length: int):
     every_position = []
     hook = model.score.register_forward_hook(lambda module, inputs, output: every_position.append(output))
     try:
-        critic(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions(attention_mask))
+        output = critic(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions(attention_mask))
     finally:
         hook.remove()
-    return every_position[0].squeeze(-1)[:, prompt_length - 1:-1].float()
+    # + 0 x the returned value: a DeepSpeed engine prepares its backward from a hook on what it returned
+    return every_position[0].squeeze(-1)[:, prompt_length - 1:-1].float() + 0 * output.logits.sum()
 
 
 # ---------------------------------------------------------------------------- the loop
@@ -601,6 +602,8 @@ def ppo_spec(cfg, name: str) -> tuple[dict, list[str]]:
                 "stop": cfg.resample.stop, "max_prompt_tokens": cfg.data.max_prompt_tokens, **cfg.workers()}
     if cfg.model.lora is not None:  # stacked adapters on one backbone (earlier: merged copies, other parameter names)
         settings["roles"] = "one_backbone"
+    elif cfg.workers() and cfg.launch.zero_stage():  # DeepSpeed engines: their checkpoints, not state.pt's weights
+        settings["zero_stage"] = cfg.launch.zero_stage()
     return settings, sorted({variant.init, variant.reference, "rm", prompt_source(variant)})
 
 
