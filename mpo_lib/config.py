@@ -291,6 +291,10 @@ class Config(_Section):
             raise ValueError(f"launch.deepspeed_config {self.launch.deepspeed_config} is ZeRO-3, which partitions the "
                              "weights across launched processes: it cannot run in-process (launch.num_processes=1); "
                              "launch more processes or use params/deepspeed/zero2.json")
+        if self.model.lora is not None and self.launch.zero_stage() == 3:
+            raise ValueError(f"model.lora with launch.deepspeed_config {self.launch.deepspeed_config} (ZeRO-3): ZeRO-3 "
+                             "loads weights partitioned, and the kit loads a finished LoRA stage by merging its adapter "
+                             "into whole weights; LoRA trains small adapters: use params/deepspeed/zero2.json")
         if self.model.quantization == "4bit" and self.model.lora is None:
             raise ValueError("model.quantization='4bit' needs model.lora: a 4-bit base cannot be fine-tuned in full "
                              "(QLoRA trains LoRA adapters on the frozen 4-bit weights)")

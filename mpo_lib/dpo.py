@@ -58,10 +58,10 @@ def run_dpo(run: Run, offline_rows: list[dict], name: str = "dpo") -> dict:
         data = Dataset.from_list([fit_row(tokenizer, cfg, p) for p in pairs])
         peft = lora_config(cfg, "CAUSAL_LM")
         adapter_is_reference = peft is not None and variant.reference == variant.init
+        args = trainer_args(DPOConfig, cfg, cfg.dpo, out_dir, beta=cfg.dpo.beta)  # first: see trainer_args
         trainer = DPOTrainer(
             model=load_stage_model(run, variant.init),
-            ref_model=None if adapter_is_reference else load_stage_model(run, variant.reference),
-            args=trainer_args(DPOConfig, cfg, cfg.dpo, out_dir, beta=cfg.dpo.beta),
+            ref_model=None if adapter_is_reference else load_stage_model(run, variant.reference), args=args,
             train_dataset=data, processing_class=tokenizer, peft_config=peft)
         metrics = train_and_summarise(trainer, out_dir)
         steps = [e for e in trainer.state.log_history if "rewards/margins" in e]

@@ -169,18 +169,22 @@ def build_roles(run: Run, variant: PPOVariant, shared: bool | None = None) -> Ro
     from peft import get_peft_model
 
     cfg = run.cfg
-    if zero.ppo_uses_zero(cfg):  # DeepSpeed places (under ZeRO-3, partitions) them: loaded in the training dtype
+    if zero.ppo_uses_zero(cfg):  # DeepSpeed places them (under ZeRO-3: loaded partitioned), in the training dtype
         dtype = torch.bfloat16 if cfg.model.bf16 else torch.float32
         load = lambda stage, head="lm": load_stage_model(run, stage, head, dtype)
+        loading = zero.partitioned_loading(cfg)
     else:
         load = lambda stage, head="lm": to_device(load_stage_model(run, stage, head))
-    policy, critic = load(variant.init), load("rm", "score")
+        loading = contextlib.nullcontext()
+    with loading:
+        policy, reference = load(variant.init), load(variant.reference)
+        critic, reward = load("rm", "score"), load("rm", "score")
     if cfg.model.lora is not None:
         policy = get_peft_model(policy, lora_config(cfg, "CAUSAL_LM"))
         critic = get_peft_model(critic, lora_config(cfg, "SEQ_CLS"))
     trainable = lambda model: {n: p for n, p in model.named_parameters() if p.requires_grad}
-    return Roles({"policy": policy, "reference": load(variant.reference).eval(), "critic": critic,
-                  "reward": load("rm", "score").eval()}, {"policy": trainable(policy), "critic": trainable(critic)})
+    return Roles({"policy": policy, "reference": reference.eval(), "critic": critic, "reward": reward.eval()},
+                 {"policy": trainable(policy), "critic": trainable(critic)})
 
 
 def shared_backbone_roles(run: Run, variant: PPOVariant) -> Roles:
@@ -488,7 +492,8 @@ def save_checkpoint(trainer: Trainer, folder: Path, history: list[dict], samples
     if trainer.trained_engines:
         weights = {"deepspeed_tag": tag}
     else:
-        weights = {**{role: {n: p.detach() for n, p in params.items()} for role, params in trainer.roles.trainable.items()},
+        trainable = trainer.roles.trainable.items()
+        weights = {**{role: {n: p.detach() for n, p in params.items()} for role, params in trainable},
                    "optimizers": [o.state_dict() for o in trainer.optimizers]}
     state = {**weights, "schedulers": [s.state_dict() for s in trainer.schedulers],
              "kl_coef": trainer.kl_coef, "score_stats": trainer.score_stats,

@@ -54,9 +54,9 @@ def run_reward(run: Run, train_rows: list[dict], heldout_rows: list[dict]) -> di
         tokenizer = load_tokenizer(run)
         data = Dataset.from_list([fit_row(tokenizer, cfg, r) for r in train_rows])
         parts = data.train_test_split(test_size=cfg.rm.eval_fraction, seed=cfg.seed)
+        args = trainer_args(RewardConfig, cfg, cfg.rm, out_dir, eval_strategy="no")  # first: see trainer_args
         trainer = RewardTrainer(
-            model=load_stage_model(run, "base", head="score"),
-            args=trainer_args(RewardConfig, cfg, cfg.rm, out_dir, eval_strategy="no"),
+            model=load_stage_model(run, "base", head="score"), args=args,
             train_dataset=parts["train"], processing_class=tokenizer,
             peft_config=lora_config(cfg, "SEQ_CLS"))
         metrics = train_and_summarise(trainer, out_dir)

@@ -17,7 +17,9 @@ from .models import save_stage_model
 def trainer_args(args_class, cfg: Config, section: TrainConfig, out_dir: Path, **extra):
     """TRL config from one params section. Gradient checkpointing only where the section asks for it
     (TRL defaults it on): at small sizes it costs time and saves little memory. A checkpoint every section.save_steps
-    optimizer steps, only the last one kept, in <stage>.partial/trainer/: a killed stage resumes there."""
+    optimizer steps, only the last one kept, in <stage>.partial/trainer/: a killed stage resumes there.
+    Made before the stage's models are loaded: in launched workers under ZeRO-3, while it exists, transformers
+    loads each model already partitioned (deepspeed.zero.Init), never whole on one worker."""
     return args_class(
         output_dir=str(out_dir / "trainer"),
         learning_rate=section.learning_rate,

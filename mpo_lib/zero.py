@@ -30,13 +30,14 @@ def ppo_uses_zero(cfg: Config) -> bool:
 
 def engine_config(cfg: Config, trained: bool) -> dict:
     """The params' DeepSpeed JSON with its "auto" values filled from ppo (micro-batch, accumulation over a
-    mini-batch, the global mini-batch, clipping at 1) and model.bf16; frozen models get no optimizer and,
+    mini-batch, clipping at 1) and model.bf16; frozen models get no optimizer and,
     unless the config is ZeRO-3, no partitioning."""
     spec, world = cfg.ppo, rank_and_world()[1]
     config = json.loads((PROJECT_ROOT / cfg.launch.deepspeed_config).read_text())
+    config.pop("train_batch_size", None)  # micro-batch x accumulation x workers: DeepSpeed works it out
     config.update({"train_micro_batch_size_per_gpu": spec.micro_batch,
                    "gradient_accumulation_steps": spec.mini_batch_size // (spec.micro_batch * world),
-                   "train_batch_size": spec.mini_batch_size, "gradient_clipping": 1.0,
+                   "gradient_clipping": 1.0,
                    "bf16": {"enabled": cfg.model.bf16},
                    "zero_allow_untested_optimizer": True})  # the kit's torch AdamW, as without ZeRO
     for key in ("optimizer", "scheduler"):  # the kit's own, with Table 8's actor and critic settings
@@ -50,6 +51,20 @@ def engine_config(cfg: Config, trained: bool) -> dict:
         raise ValueError(f"launch.deepspeed_config {cfg.launch.deepspeed_config}: zero_optimization "
                          f"{', '.join(unfilled)} is 'auto', which the kit's PPO cannot fill: give a number")
     return config
+
+
+@contextlib.contextmanager
+def partitioned_loading(cfg: Config):
+    """Under ZeRO-3, models loaded inside this block come partitioned across the workers
+    (transformers' deepspeed.zero.Init), never whole on one worker."""
+    if cfg.launch.zero_stage() != 3:
+        yield
+        return
+    from transformers.integrations import HfDeepSpeedConfig
+
+    active = HfDeepSpeedConfig(engine_config(cfg, trained=True))  # transformers holds a weak reference
+    yield
+    del active
 
 
 def engines(cfg: Config, models: dict, optimizers: dict) -> dict:

@@ -106,6 +106,7 @@ def test_every_stage_of_the_full_profiles_fits_an_80gb_gpu(dataset):
      "ppo.rollout_batch_size=60 (global) does not divide over launch.num_processes=8"),
     ({"launch": {"num_processes": 1, "deepspeed_config": "params/deepspeed/zero3.json"}}, "cannot run in-process"),
     ({"model": {"quantization": "4bit"}}, "a 4-bit base cannot be fine-tuned in full"),
+    ({"model": {"lora": {"r": 8}}}, "model.lora with launch.deepspeed_config params/deepspeed/zero3.json (ZeRO-3)"),
 ])
 def test_impossible_combinations_are_refused(overrides, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
