@@ -230,11 +230,10 @@ def trl_stage(cfg, arch, section, rows: int, sequences_per_row: int, frozen: int
 def ppo_stage(cfg, arch, name, prompts: int) -> dict:
     spec, world = cfg.ppo, cfg.launch.num_processes
     length = cfg.data.max_prompt_tokens + spec.max_new_tokens
-    # LoRA: all four roles are adapters over one backbone (the frozen stage adapters are not counted).
-    # Full fine-tuning: four models.
-    # Full fine-tuning on several workers: DeepSpeed engines under the config's ZeRO stage (mpo_lib/zero.py),
-    # the frozen models partitioned under ZeRO-3 only, and a rollout generating from the policy gathered
-    # whole. LoRA: the workers all-reduce the adapters' gradients, no ZeRO.
+    # LoRA: all four roles are adapters over one backbone (the frozen stage adapters are not counted), the
+    # workers all-reduce the adapters' gradients, no ZeRO. Full fine-tuning: four models; on several workers,
+    # DeepSpeed engines under the config's ZeRO stage (mpo_lib/zero.py), the frozen models partitioned under
+    # ZeRO-3 only, and a rollout generating from the policy gathered whole.
     zero = cfg.launch.zero_stage() if cfg.model.lora is None and world > 1 else 0
     update = activations(arch, spec.micro_batch, length, spec.gradient_checkpointing)
     rollout = kv_cache(arch, spec.rollout_batch_size // world, length) + (arch.params * 2 if zero == 3 else 0)

@@ -11,7 +11,7 @@ import torch
 from .artifacts import Run, write_json
 from .data import fit_row, truncate_prompt
 from .models import is_adapter, load_stage_model, load_tokenizer, lora_config
-from .training import partitions_weights, save_trained, train_and_summarise, trainer_args
+from .training import save_trained, train_and_summarise, trainer_args
 
 
 @torch.no_grad()
@@ -63,10 +63,9 @@ def run_reward(run: Run, train_rows: list[dict], heldout_rows: list[dict]) -> di
         metrics["validation"] = {k.removeprefix("eval_"): v for k, v in trainer.evaluate(parts["test"]).items()}
         save_trained(trainer, out_dir, "base", run)
 
-        # under ZeRO-3 the held-out pairs are scored by every worker together, each forward gathering the
-        # shards of one layer at a time; an adapter is merged only into whole weights
-        merge = is_adapter(trainer.model) and not partitions_weights(trainer)
-        model = trainer.model.merge_and_unload() if merge else trainer.model
+        # under ZeRO-3 (full fine-tuning only) the held-out pairs are scored by every worker together, each
+        # forward gathering the shards of one layer at a time
+        model = trainer.model.merge_and_unload() if is_adapter(trainer.model) else trainer.model
         prompts = [truncate_prompt(tokenizer, r["prompt"], cfg.data.max_prompt_tokens) for r in heldout_rows]
         chosen = score(model, tokenizer, prompts, [r["chosen"] for r in heldout_rows],
                        cfg.resample.score_batch_size, cfg.rm.max_length, cfg.model.bf16)

@@ -82,13 +82,10 @@ def train_and_summarise(trainer, out_dir: Path) -> dict:
     }
 
 
-def partitions_weights(trainer) -> bool:
-    """True under DeepSpeed ZeRO-3: each worker holds a shard of every weight."""
-    return trainer.is_deepspeed_enabled and trainer.accelerator.state.deepspeed_plugin.zero_stage == 3
-
-
 def save_trained(trainer, out_dir: Path, base_stage: str, run) -> None:
-    """Save the trainer's model as the stage's (models.save_stage_model). Under ZeRO-3 every worker calls
-    this: they gather the shards together, layer by layer, and the main process writes the whole weights."""
-    state_dict = trainer.accelerator.get_state_dict(trainer.model_wrapped) if partitions_weights(trainer) else None
+    """Save the trainer's model as the stage's (models.save_stage_model). Under ZeRO-3, where each worker
+    holds a shard of every weight, every worker calls this: they gather the shards together, layer by
+    layer, and the main process writes the whole weights."""
+    zero3 = trainer.is_deepspeed_enabled and trainer.accelerator.state.deepspeed_plugin.zero_stage == 3
+    state_dict = trainer.accelerator.get_state_dict(trainer.model_wrapped) if zero3 else None
     save_stage_model(trainer.model, out_dir, base_stage, run, state_dict)
