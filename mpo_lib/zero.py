@@ -15,7 +15,6 @@ workers sum their gradients with a plain all-reduce.
 from __future__ import annotations
 
 import contextlib
-import copy
 import json
 from pathlib import Path
 
@@ -42,7 +41,7 @@ def engine_config(cfg: Config, trained: bool) -> dict:
                    "zero_allow_untested_optimizer": True})  # the kit's torch AdamW, as without ZeRO
     for key in ("optimizer", "scheduler"):  # the kit's own, with Table 8's actor and critic settings
         config.pop(key, None)
-    zero = config["zero_optimization"] = copy.deepcopy(config.get("zero_optimization", {}))
+    zero = config.setdefault("zero_optimization", {})
     if not trained:
         zero.pop("offload_optimizer", None)
         if zero.get("stage") != 3:
@@ -79,17 +78,13 @@ def engines(cfg: Config, models: dict, optimizers: dict) -> dict:
     return wrapped
 
 
-def partitions_weights(engine) -> bool:
-    return engine.zero_optimization_partition_weights()
-
-
 @contextlib.contextmanager
 def generation_model(model):
     """The module to sample from: `model` itself, or an engine's module; under ZeRO-3 with every weight
     gathered on every worker and the per-layer hooks removed (TRL's recipe for generation): a rollout runs
     as many forwards as its longest answer, which differs between the workers."""
     engine = model if hasattr(model, "zero_optimization_partition_weights") else None
-    if engine is None or not partitions_weights(engine):
+    if engine is None or not engine.zero_optimization_partition_weights():
         yield model if engine is None else engine.module
         return
     import deepspeed
@@ -106,7 +101,7 @@ def generation_model(model):
 def state_dict_to_save(engine) -> dict | None:
     """The whole weights, gathered by every worker together (rank 0 receives them), under ZeRO-3; None
     otherwise: each worker's module holds them."""
-    return engine._zero3_consolidated_16bit_state_dict() if partitions_weights(engine) else None
+    return engine._zero3_consolidated_16bit_state_dict() if engine.zero_optimization_partition_weights() else None
 
 
 def save_engines(trained: dict, folder: Path, tag: str) -> None:
