@@ -250,12 +250,13 @@ class LaunchConfig(_Section):
     vllm_tensor_parallel: int = Field(1, gt=0, description="GPUs per vLLM engine (divides the attention heads)")
     vllm_memory_fraction: float = Field(0.6, gt=0, le=1, description="of each GPU's memory, for weights and KV cache")
 
+    def deepspeed(self) -> dict:
+        """deepspeed_config's JSON ({} without DeepSpeed)."""
+        return json.loads((PROJECT_ROOT / self.deepspeed_config).read_text()) if self.deepspeed_config else {}
+
     def zero_stage(self) -> int:
         """The ZeRO stage of deepspeed_config (0: no DeepSpeed)."""
-        if not self.deepspeed_config:
-            return 0
-        deepspeed = json.loads((PROJECT_ROOT / self.deepspeed_config).read_text())
-        return deepspeed.get("zero_optimization", {}).get("stage", 0)
+        return self.deepspeed().get("zero_optimization", {}).get("stage", 0)
 
 
 class Config(_Section):

@@ -10,8 +10,8 @@ and |D^h| come from the run's split when it has finished, else from the paper's 
 and 60K hard of 80K prompts at gamma = 2), and say so.
 
 Memory is an estimate, good to about ±30%: model states with the ZeRO paper's accounting for
-mixed-precision AdamW (Rajbhandari et al., 2020: 2 bytes of bf16 weights, 2 of gradients and 12 of
-fp32 master weights and moments per parameter, ZeRO-1/2/3 partitioning the optimizer states, then
+mixed-precision AdamW (Rajbhandari et al., 2020: 2 bytes of bf16 weights, 2 of gradients (4 where the
+DeepSpeed JSON accumulates them in fp32) and 12 of fp32 master weights and moments per parameter, ZeRO-1/2/3 partitioning the optimizer states, then
 the gradients, then the weights, across the processes); activations per micro-batch after
 Korthikanti et al. (2022) with fused attention (34 bytes x sequence x hidden per layer, 2 per layer
 and one layer's worth with gradient checkpointing) plus the logits; the KV cache for generation (PPO
@@ -117,8 +117,9 @@ def model_states(arch: Architecture, cfg: Config, trained: bool, zero: int, eigh
         states["weights"] += arch.lora_params * 4
         states["gradients"] = arch.lora_params * 4
         states["optimizer"] = arch.lora_params * adam
-    elif zero:
-        states["gradients"] = arch.params * 2 / shard(2)
+    elif zero:  # bf16 gradients, or fp32 where the DeepSpeed JSON accumulates them so (data_types)
+        fp32_accumulation = cfg.launch.deepspeed().get("data_types", {}).get("grad_accum_dtype") == "fp32"
+        states["gradients"] = arch.params * (4 if fp32_accumulation else 2) / shard(2)
         states["optimizer"] = arch.params * (4 + adam) / shard(1)
     else:
         states["gradients"] = arch.params * 4

@@ -15,10 +15,9 @@ workers sum their gradients with a plain all-reduce.
 from __future__ import annotations
 
 import contextlib
-import json
 from pathlib import Path
 
-from .config import PROJECT_ROOT, Config
+from .config import Config
 from .distributed import rank_and_world
 
 
@@ -32,7 +31,7 @@ def engine_config(cfg: Config, trained: bool) -> dict:
     mini-batch, clipping at 1) and model.bf16; frozen models get no optimizer and,
     unless the config is ZeRO-3, no partitioning."""
     spec, world = cfg.ppo, rank_and_world()[1]
-    config = json.loads((PROJECT_ROOT / cfg.launch.deepspeed_config).read_text())
+    config = cfg.launch.deepspeed()
     config.pop("train_batch_size", None)  # micro-batch x accumulation x workers: DeepSpeed works it out
     config.update({"train_micro_batch_size_per_gpu": spec.micro_batch,
                    "gradient_accumulation_steps": spec.mini_batch_size // (spec.micro_batch * world),

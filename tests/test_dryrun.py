@@ -74,6 +74,7 @@ def test_memory_estimate_partitions_model_states_by_zero_stage():
     assert params == pytest.approx(6.74e9, rel=0.01)  # LLaMA-2-7B
     assert zero2["weights"] == pytest.approx(2 * params / 2**30, abs=0.01)  # bf16, replicated under ZeRO-2
     assert zero2["optimizer"] == pytest.approx(12 * params / GPUS / 2**30, abs=0.01)  # fp32 master + Adam, sharded
+    assert zero2["gradients"] == pytest.approx(4 * params / GPUS / 2**30, abs=0.01)  # accumulated in fp32, sharded
     assert zero3["weights"] == pytest.approx(zero2["weights"] / GPUS, abs=0.01)
     assert zero3["total"] < zero2["total"] < 80  # fits an A100-80GB
 

@@ -3,6 +3,7 @@ asked) matches the same stage in one process with the same global batch, and a f
 caller with its message."""
 import importlib.util
 import json
+import math
 import shutil
 import subprocess
 import sys
@@ -60,6 +61,22 @@ def test_dpo_on_two_workers_matches_one_process_with_the_same_global_batch(smoke
     assert len(curves[0]) == len(curves[1]) == 4
     assert curves[1] == pytest.approx(curves[0], abs=1e-5)  # float summation order only
     assert (two.path / "launch" / "dpo_full.yaml").exists()  # what the workers were given
+
+
+@pytest.mark.parametrize("deepspeed_config", ["params/deepspeed/zero2.json", "zero3"])
+def test_bf16_dpo_under_zero_follows_the_one_process_bf16_loss_curve(smoke_run, tmp_path, deepspeed_config):
+    # the full profiles' precision: DeepSpeed holds bf16 weights and, as its JSONs ask, accumulates the
+    # two micro-batches' gradients in fp32; one process trains fp32 weights under bf16 autocast
+    deepspeed_config = zero3_partitioning_everything(tmp_path) if deepspeed_config == "zero3" else deepspeed_config
+    bf16 = {"model": {"bf16": True}}
+    one = copy_of(smoke_run, tmp_path / "one", {**bf16, "dpo": {"batch_size": 4, "max_rows": 16}})
+    two = copy_of(smoke_run, tmp_path / "two", {**bf16, "dpo": {"batch_size": 1, "grad_accum": 2, "max_rows": 16},
+                                                **two_workers(deepspeed_config)})
+    for run in (one, two):
+        run_stage(run, "dpo_full")
+    curves = [loss_curve(run, "dpo_full") for run in (one, two)]
+    assert len(curves[1]) == 4
+    assert curves[1] == pytest.approx(curves[0], abs=2e-3)  # bf16 rounding of weights and activations
 
 
 def test_sft_under_zero3_saves_the_whole_weights_the_one_process_run_trains(smoke_run, tmp_path):
@@ -120,6 +137,23 @@ def test_ppo_on_two_workers_matches_one_process(smoke_run, tmp_path, deepspeed_c
                                                                        "deepspeed_config": deepspeed_config}})
     assert [run_stage(run, "ppo_full")["workers"] for run in (one, two)] == [1, 2]
     assert_same_ppo(two, one)
+
+
+def test_bf16_ppo_under_zero3_scores_its_first_rollout_as_the_one_process_bf16_run(smoke_run, tmp_path):
+    # bf16 engines, every weight partitioned, against fp32 weights under bf16 autocast in one process. The
+    # first step's statistics are all taken before the update (one mini-batch): they agree to bf16
+    # rounding. After it they drift apart: an update of lr 1e-4 is below a bf16 weight's resolution.
+    ppo, bf16 = {**NEAR_GREEDY_PPO, "max_steps": 2}, {"model": {"bf16": True}}
+    one = copy_of(smoke_run, tmp_path / "one", {**bf16, "ppo": ppo})
+    two = copy_of(smoke_run, tmp_path / "two", {**bf16, "ppo": ppo, "launch": {
+        "num_processes": 2, "deepspeed_config": zero3_partitioning_everything(tmp_path)}})
+    assert [run_stage(run, "ppo_full")["workers"] for run in (one, two)] == [1, 2]
+    first = [ppo_steps(run)[0] for run in (two, one)]
+    for key in PPO_STEP_KEYS:
+        assert first[0][key] == pytest.approx(first[1][key], rel=1e-2, abs=2e-4), key
+    assert len(ppo_steps(two)) == 2 and all(math.isfinite(step[key]) for step in ppo_steps(two) for key in PPO_STEP_KEYS)
+    weights = [load_file(r.stage_dir("ppo_full") / "model" / "model.safetensors") for r in (one, two)]
+    assert {k: v.shape for k, v in weights[1].items()} == {k: v.shape for k, v in weights[0].items()}
 
 
 def test_ppo_under_zero3_killed_after_a_checkpoint_resumes_as_the_one_process_run(smoke_run, tmp_path):
