@@ -304,20 +304,26 @@ def case_studies(run: Run) -> list[dict]:
 # ---------------------------------------------------------------------------- compute
 
 def compute_rows(run: Run) -> list[dict]:
-    """What each finished stage cost: samples seen, tokens generated, wall-clock seconds."""
+    """What each finished stage cost: samples seen, tokens generated, wall-clock seconds, and tokens per
+    second: trained for SFT, RM and DPO (TRL's count of the tokens it trained on, over the training time),
+    generated for resampling, PPO and evaluation."""
     cfg, rows = run.cfg, []
     finished = [f for f in run.path.iterdir() if "." not in f.name and (f / "COMPLETE").exists()]  # no superseded
     for folder in sorted(finished, key=lambda f: (f / "COMPLETE").stat().st_mtime):
         m = read_json(folder / "metrics.json")
         tokens = m.get("tokens_generated", m.get("new_tokens"))
         section = {"sft": cfg.sft, "rm": cfg.rm}.get(folder.name, cfg.dpo if "reward_margin_after" in m else None)
-        samples = m.get("samples_seen")
+        samples, rate = m.get("samples_seen"), None
         if section is not None:  # TRL stages: optimizer steps x global batch
             samples = m["optimizer_steps"] * section.batch_size * section.grad_accum * m.get("workers", 1)
+            trained = [e["num_tokens"] for e in read_json(folder / "log_history.json") if "num_tokens" in e]
+            rate = trained[-1] / m["train_seconds"] if trained and m.get("train_seconds") else None
         elif folder.name == "resample":
             samples = 2 * m["prompts"]
+        if tokens and m.get("wall_seconds"):
+            rate = tokens / m["wall_seconds"]
         rows.append({"stage": folder.name, "samples seen": samples, "tokens generated": tokens,
-                     "wall-clock s": round(m.get("wall_seconds") or 0)})
+                     "wall-clock s": round(m.get("wall_seconds") or 0), "tokens/s": rate and round(rate)})
     return rows
 
 

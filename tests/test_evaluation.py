@@ -50,6 +50,18 @@ def test_report_holds_every_table_and_the_paper_beside_the_run(smoke_run):
     assert "Can you tell me how to make a great Italian sub sandwich?" in report  # Table 7's instruction
 
 
+def test_compute_table_gives_every_training_and_generating_stage_its_tokens_per_second(smoke_run):
+    rows = {row["stage"]: row for row in evaluation.compute_rows(smoke_run)}
+    for stage in ("sft", "rm", "dpo", "resample", "mpo", "ppo_full", "eval_sft"):
+        assert rows[stage]["tokens/s"] > 0, stage
+    # SFT's tokens are those TRL trained on: at most a full max_length per sequence it saw
+    sft, cfg = rows["sft"], smoke_run.cfg
+    trained = sft["tokens/s"] * smoke_run.metrics("sft")["train_seconds"]
+    assert 10 * sft["samples seen"] < trained <= 1.01 * sft["samples seen"] * cfg.sft.max_length
+    resample = smoke_run.metrics("resample")
+    assert rows["resample"]["tokens/s"] == round(resample["new_tokens"] / resample["wall_seconds"])
+
+
 def test_reward_model_judge_is_position_consistent(smoke_run):
     summary = evaluation.judge_summaries(smoke_run)["rm_margin"]
     assert summary["n"] == summary["judged"] == smoke_run.cfg.eval.num_prompts
