@@ -1,0 +1,22 @@
+"""benchmarks/offline_bundle.py: what travels to a machine without internet."""
+import sys
+
+from conftest import ROOT, SMOKE
+
+from mpo_lib import load_config
+
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from offline_bundle import HF_STACK, canonical, packages_to_carry  # noqa: E402
+
+
+def test_the_bundle_carries_what_the_target_lacks_and_the_hugging_face_stack_always():
+    cfg = load_config(SMOKE)
+    image = {canonical(line) for line in (ROOT / "benchmarks/gpu_image_packages.txt").read_text().splitlines()
+             if line and not line.startswith("#")}
+    closure, carried = packages_to_carry(cfg, image)
+    assert {"trl", "datasets", "papermill", "ipykernel", "gguf"} <= carried.keys()  # not in the image
+    assert {"transformers", "accelerate"} <= image and set(HF_STACK) <= carried.keys()  # at the tested versions
+    assert not {"torch", "numpy", "pandas", "pyarrow", "statsmodels"} & carried.keys()  # the image's own
+    assert "openai" not in closure  # only the openai judge imports it
+    assert "openai" in packages_to_carry(load_config(SMOKE, {"eval": {"judges": ["openai"]}}), image)[1]
+    assert carried["trl"] == "1.16.0"  # requirements.txt's pin, as installed here
