@@ -14,7 +14,7 @@ import pytest
 import yaml
 from safetensors.torch import load_file
 
-from conftest import ROOT, SMOKE
+from conftest import LORA, ROOT, SMOKE
 from mpo_lib import Run, load_config
 from mpo_lib.artifacts import read_json
 from mpo_lib.launch import LaunchError, run_stage
@@ -61,6 +61,19 @@ def test_dpo_on_two_workers_matches_one_process_with_the_same_global_batch(smoke
     assert len(curves[0]) == len(curves[1]) == 4
     assert curves[1] == pytest.approx(curves[0], abs=1e-5)  # float summation order only
     assert (two.path / "launch" / "dpo_full.yaml").exists()  # what the workers were given
+
+
+def test_lora_dpo_under_zero2_matches_one_process(lora_run, tmp_path):
+    # LoRA adapters over a frozen base, their gradients and moments partitioned over two workers
+    one = copy_of(lora_run, tmp_path / "one", {**LORA, "dpo": {"batch_size": 4, "max_rows": 16}})
+    two = copy_of(lora_run, tmp_path / "two", {**LORA, "dpo": {"batch_size": 2, "max_rows": 16},
+                                               **two_workers("params/deepspeed/zero2.json")})
+    for run in (one, two):
+        run_stage(run, "dpo_full")
+    assert loss_curve(two, "dpo_full") == pytest.approx(loss_curve(one, "dpo_full"), abs=1e-5)
+    adapters = [load_file(run.stage_dir("dpo_full") / "adapter" / "adapter_model.safetensors") for run in (one, two)]
+    assert adapters[1].keys() == adapters[0].keys()
+    assert max((adapters[0][k] - adapters[1][k]).abs().max().item() for k in adapters[0]) < 1e-5
 
 
 @pytest.mark.parametrize("deepspeed_config", ["params/deepspeed/zero2.json", "zero3"])
