@@ -511,7 +511,7 @@ def load_checkpoint(trainer: Trainer, folder: Path) -> tuple[list[dict], list[di
     """Restore what save_checkpoint wrote, if it did; returns the steps and samples so far."""
     if not (folder / CHECKPOINT).exists():
         return [], []
-    state = torch.load(folder / CHECKPOINT, map_location=device())
+    state = torch.load(folder / CHECKPOINT, map_location="cpu")  # copy_ and load_state_dict place the values
     if "deepspeed_tag" in state:
         zero.load_engines(trainer.trained_engines, folder, state["deepspeed_tag"])
     else:
