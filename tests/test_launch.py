@@ -163,7 +163,10 @@ def test_bf16_ppo_under_zero3_scores_its_first_rollout_as_the_one_process_bf16_r
     assert [run_stage(run, "ppo_full")["workers"] for run in (one, two)] == [1, 2]
     first = [ppo_steps(run)[0] for run in (two, one)]
     for key in PPO_STEP_KEYS:
-        assert first[0][key] == pytest.approx(first[1][key], rel=1e-2, abs=2e-4), key
+        # the policy loss before an update is the token-weighted mean advantage: values of ~0.1 that can cancel
+        # to ~0, so bf16's rounding of values and rewards (0.4%) shows in it as an absolute error of ~1e-3
+        tolerance = {"abs": 2e-3} if key == "policy_loss" else {"rel": 1e-2, "abs": 2e-4}
+        assert first[0][key] == pytest.approx(first[1][key], **tolerance), key
     assert len(ppo_steps(two)) == 2 and all(math.isfinite(step[key]) for step in ppo_steps(two) for key in PPO_STEP_KEYS)
     weights = [load_file(r.stage_dir("ppo_full") / "model" / "model.safetensors") for r in (one, two)]
     assert {k: v.shape for k, v in weights[1].items()} == {k: v.shape for k, v in weights[0].items()}
