@@ -4,6 +4,7 @@ caller with its message."""
 import importlib.util
 import json
 import math
+import os
 import shutil
 import subprocess
 import sys
@@ -61,6 +62,35 @@ def test_dpo_on_two_workers_matches_one_process_with_the_same_global_batch(smoke
     assert len(curves[0]) == len(curves[1]) == 4
     assert curves[1] == pytest.approx(curves[0], abs=1e-5)  # float summation order only
     assert (two.path / "launch" / "dpo_full.yaml").exists()  # what the workers were given
+
+
+ENGINE_DTYPES = """
+import os, sys, torch, deepspeed
+from transformers import LlamaConfig, LlamaForCausalLM
+from mpo_lib import load_config
+from mpo_lib.zero import engine_config
+cfg = load_config(sys.argv[1], {"model": {"bf16": True}, "ppo": {"micro_batch_size": 1},
+                                "launch": {"num_processes": 2, "deepspeed_config": sys.argv[2]}})
+model = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                     num_attention_heads=2))
+engine, *_ = deepspeed.initialize(model=model, optimizer=torch.optim.AdamW(model.parameters()),
+                                  config=engine_config(cfg, trained=True))
+buffer = getattr(engine.optimizer, "grad_partitions_flat_buffer", None)  # ZeRO-3's gradient partitions
+print(next(engine.module.parameters()).dtype, engine.optimizer.gradient_accumulation_dtype,
+      buffer is None or buffer.dtype)
+"""
+
+
+@pytest.mark.parametrize("deepspeed_config", ["params/deepspeed/zero2.json", "params/deepspeed/zero3.json"])
+def test_the_deepspeed_configs_accumulate_bf16_gradients_in_fp32(deepspeed_config):
+    # one DeepSpeed process of its own (DeepSpeed sets up torch.distributed, which this process must not hold)
+    env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29533", "RANK": "0", "LOCAL_RANK": "0",
+           "WORLD_SIZE": "1"}
+    result = subprocess.run([sys.executable, "-c", ENGINE_DTYPES, str(SMOKE), deepspeed_config], cwd=ROOT, env=env,
+                            capture_output=True, text=True, check=True)
+    weights, accumulation, buffer = result.stdout.split()[-3:]
+    assert (weights, accumulation) == ("torch.bfloat16", "torch.float32")
+    assert buffer in ("True", "torch.float32")
 
 
 def test_lora_dpo_under_zero2_matches_one_process(lora_run, tmp_path):
