@@ -11,8 +11,8 @@ and 60K hard of 80K prompts at gamma = 2), and say so.
 
 Memory is an estimate, good to about ±30%: model states with the ZeRO paper's accounting for
 mixed-precision AdamW (Rajbhandari et al., 2020: 2 bytes of bf16 weights, 2 of gradients (4 where the
-DeepSpeed JSON accumulates them in fp32) and 12 of fp32 master weights and moments per parameter, ZeRO-1/2/3 partitioning the optimizer states, then
-the gradients, then the weights, across the processes); activations per micro-batch after
+DeepSpeed JSON accumulates them in fp32) and 12 of fp32 master weights and moments per parameter,
+ZeRO-1/2/3 partitioning the optimizer states, then the gradients, then the weights, across the processes); activations per micro-batch after
 Korthikanti et al. (2022) with fused attention (34 bytes x sequence x hidden per layer, 2 per layer
 and one layer's worth with gradient checkpointing) plus the logits; the KV cache for generation (PPO
 under ZeRO-3: with the policy's weights, gathered whole to generate).
