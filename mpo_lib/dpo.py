@@ -6,6 +6,7 @@ every reference in full fine-tuning, is a separate frozen copy.
 """
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 from datasets import Dataset
@@ -16,7 +17,7 @@ from .config import ABLATIONS, DPOVariant
 from .data import fit_row
 from .models import load_stage_model, load_tokenizer, lora_config
 from .resample import load_pairs, load_split, split_by_gap
-from .training import save_trained, train_and_summarise, trainer_args
+from .training import save_trained, train_and_summarise, trainer_args, weights_dtype
 
 
 def dpo_variant(run: Run, name: str) -> DPOVariant:
@@ -59,9 +60,9 @@ def run_dpo(run: Run, offline_rows: list[dict], name: str = "dpo") -> dict:
         peft = lora_config(cfg, "CAUSAL_LM")
         adapter_is_reference = peft is not None and variant.reference == variant.init
         args = trainer_args(DPOConfig, cfg, cfg.dpo, out_dir, beta=cfg.dpo.beta)  # first: see trainer_args
+        load = partial(load_stage_model, run, dtype=weights_dtype(cfg))
         trainer = DPOTrainer(
-            model=load_stage_model(run, variant.init),
-            ref_model=None if adapter_is_reference else load_stage_model(run, variant.reference), args=args,
+            model=load(variant.init), ref_model=None if adapter_is_reference else load(variant.reference), args=args,
             train_dataset=data, processing_class=tokenizer, peft_config=peft)
         metrics = train_and_summarise(trainer, out_dir)
         steps = [e for e in trainer.state.log_history if "rewards/margins" in e]

@@ -11,7 +11,7 @@ import torch
 from .artifacts import Run, write_json
 from .data import fit_row, truncate_prompt
 from .models import is_adapter, load_stage_model, load_tokenizer, lora_config
-from .training import save_trained, train_and_summarise, trainer_args
+from .training import save_trained, train_and_summarise, trainer_args, weights_dtype
 
 
 @torch.no_grad()
@@ -56,7 +56,7 @@ def run_reward(run: Run, train_rows: list[dict], heldout_rows: list[dict]) -> di
         parts = data.train_test_split(test_size=cfg.rm.eval_fraction, seed=cfg.seed)
         args = trainer_args(RewardConfig, cfg, cfg.rm, out_dir, eval_strategy="no")  # first: see trainer_args
         trainer = RewardTrainer(
-            model=load_stage_model(run, "base", head="score"), args=args,
+            model=load_stage_model(run, "base", head="score", dtype=weights_dtype(cfg)), args=args,
             train_dataset=parts["train"], processing_class=tokenizer,
             peft_config=lora_config(cfg, "SEQ_CLS"))
         metrics = train_and_summarise(trainer, out_dir)

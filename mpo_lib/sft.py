@@ -10,7 +10,7 @@ from trl import SFTConfig, SFTTrainer
 from .artifacts import Run
 from .data import fit_row
 from .models import load_stage_model, load_tokenizer, lora_config
-from .training import save_trained, train_and_summarise, trainer_args
+from .training import save_trained, train_and_summarise, trainer_args, weights_dtype
 
 
 def run_sft(run: Run, rows: list[dict]) -> dict:
@@ -22,7 +22,7 @@ def run_sft(run: Run, rows: list[dict]) -> dict:
         data = Dataset.from_list([fit_row(tokenizer, cfg, r) for r in rows])
         args = trainer_args(SFTConfig, cfg, cfg.sft, out_dir, completion_only_loss=True)  # first: see trainer_args
         trainer = SFTTrainer(
-            model=load_stage_model(run, "base"), args=args,
+            model=load_stage_model(run, "base", dtype=weights_dtype(cfg)), args=args,
             train_dataset=data, processing_class=tokenizer, peft_config=lora_config(cfg, "CAUSAL_LM"))
         metrics = train_and_summarise(trainer, out_dir)
         save_trained(trainer, out_dir, "base", run)
