@@ -3,7 +3,6 @@ asked) matches the same stage in one process with the same global batch, and a f
 caller with its message."""
 import importlib.util
 import json
-import math
 import os
 import shutil
 import subprocess
@@ -182,23 +181,20 @@ def test_ppo_on_two_workers_matches_one_process(smoke_run, tmp_path, deepspeed_c
     assert_same_ppo(two, one)
 
 
-def test_bf16_ppo_under_zero3_scores_its_first_rollout_as_the_one_process_bf16_run(smoke_run, tmp_path):
-    # bf16 engines, every weight partitioned, against fp32 weights under bf16 autocast in one process. The
-    # first step's statistics are all taken before the update (one mini-batch): they agree to bf16
-    # rounding. After it they drift apart: an update of lr 1e-4 is below a bf16 weight's resolution.
+def test_bf16_ppo_under_zero3_follows_the_same_run_under_zero2(smoke_run, tmp_path):
+    # bf16 engines both (ZeRO-2 is held to one fp32 process above): every weight partitioned, and generating
+    # from the gathered bf16 policy, gives ZeRO-2's rollouts and updates. Against one process the rollouts
+    # can differ: its fp32 norms and embeddings under autocast break near-ties otherwise than bf16 weights.
     ppo, bf16 = {**NEAR_GREEDY_PPO, "max_steps": 2}, {"model": {"bf16": True}}
-    one = copy_of(smoke_run, tmp_path / "one", {**bf16, "ppo": ppo})
-    two = copy_of(smoke_run, tmp_path / "two", {**bf16, "ppo": ppo, "launch": {
-        "num_processes": 2, "deepspeed_config": zero3_partitioning_everything(tmp_path)}})
-    assert [run_stage(run, "ppo_full")["workers"] for run in (one, two)] == [1, 2]
-    first = [ppo_steps(run)[0] for run in (two, one)]
-    for key in PPO_STEP_KEYS:
-        # the policy loss before an update is the token-weighted mean advantage: values of ~0.1 that can cancel
-        # to ~0, so bf16's rounding of values and rewards (0.4%) shows in it as an absolute error of ~1e-3
-        tolerance = {"abs": 2e-3} if key == "policy_loss" else {"rel": 1e-2, "abs": 2e-4}
-        assert first[0][key] == pytest.approx(first[1][key], **tolerance), key
-    assert len(ppo_steps(two)) == 2 and all(math.isfinite(step[key]) for step in ppo_steps(two) for key in PPO_STEP_KEYS)
-    weights = [load_file(r.stage_dir("ppo_full") / "model" / "model.safetensors") for r in (one, two)]
+    runs = [copy_of(smoke_run, tmp_path / name, {**bf16, "ppo": ppo, "launch": {
+        "num_processes": 2, "deepspeed_config": config}})
+        for name, config in (("zero2", "params/deepspeed/zero2.json"),
+                             ("zero3", zero3_partitioning_everything(tmp_path)))]
+    assert [run_stage(run, "ppo_full")["workers"] for run in runs] == [2, 2]
+    for mine, theirs in zip(ppo_steps(runs[1]), ppo_steps(runs[0]), strict=True):
+        for key in PPO_STEP_KEYS:  # bf16 summation order: the ZeRO-3 gathers add in another order
+            assert mine[key] == pytest.approx(theirs[key], rel=1e-2, abs=1e-3), (mine["step"], key)
+    weights = [load_file(r.stage_dir("ppo_full") / "model" / "model.safetensors") for r in runs]
     assert {k: v.shape for k, v in weights[1].items()} == {k: v.shape for k, v in weights[0].items()}
 
 
