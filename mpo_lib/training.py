@@ -9,17 +9,17 @@ from pathlib import Path
 import torch
 
 from .artifacts import announce_resume, write_json
-from .distributed import is_main_process, rank_and_world
+from .distributed import is_main_process
 from .config import Config, TrainConfig
 from .models import save_stage_model
+from .zero import in_deepspeed_workers
 
 
 def weights_dtype(cfg: Config) -> torch.dtype:
     """What a TRL stage loads its models in. Under DeepSpeed with model.bf16, bf16: the engine casts the weights
     to bf16 before it makes its fp32 master copies, so loading them so changes nothing but halves what each
     worker holds while loading (whole models under ZeRO-2). Otherwise fp32, trained under bf16 autocast."""
-    deepspeed = cfg.model.bf16 and cfg.launch.zero_stage() and rank_and_world()[1] > 1
-    return torch.bfloat16 if deepspeed else torch.float32
+    return torch.bfloat16 if cfg.model.bf16 and in_deepspeed_workers(cfg) else torch.float32
 
 
 def trainer_args(args_class, cfg: Config, section: TrainConfig, out_dir: Path, **extra):

@@ -21,9 +21,14 @@ from .config import Config
 from .distributed import rank_and_world
 
 
+def in_deepspeed_workers(cfg: Config) -> bool:
+    """Launched workers with a DeepSpeed config (one process never starts DeepSpeed)."""
+    return cfg.launch.zero_stage() > 0 and rank_and_world()[1] > 1
+
+
 def ppo_uses_zero(cfg: Config) -> bool:
     """Full-fine-tuning PPO in launched workers with a DeepSpeed config."""
-    return cfg.launch.zero_stage() > 0 and cfg.model.lora is None and rank_and_world()[1] > 1
+    return in_deepspeed_workers(cfg) and cfg.model.lora is None
 
 
 def engine_config(cfg: Config, trained: bool) -> dict:
