@@ -1,12 +1,44 @@
-"""Command line: `python -m mpo_lib data|pipeline --params params/X.yaml`."""
+"""Command line: `python -m mpo_lib data|pipeline|stage --params params/X.yaml [--set key=value ...]`."""
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+from pathlib import Path
+
+import yaml
 
 from .artifacts import DiskFull, Run
 from .config import ConfigError, load_config
 from .data import DataError, corpus, load_preferences
+from .pipeline import NotebookFailed
+from .run_lock import NO_WAIT_ENV, RunLocked
+
+
+def parse_sets(assignments: list[str]) -> dict:
+    """`--set dpo.beta=0.2 --set ppo.variants.mpo.prompts=all` -> the overrides mapping the notebooks
+    take ({"dpo": {"beta": 0.2}, ...}); each value is read as YAML, so 0.2, true, [a, b] keep their types."""
+    overrides: dict = {}
+    for assignment in assignments:
+        key, sep, value = assignment.partition("=")
+        if not sep or not key.strip() or "" in key.strip().split("."):
+            raise ConfigError(f"--set {assignment!r}: expected KEY=VALUE with a dotted params key, e.g. dpo.beta=0.2")
+        try:
+            parsed = yaml.safe_load(value)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"--set {assignment!r}: the value is not valid YAML ({exc})") from None
+        *parents, leaf = key.strip().split(".")
+        node = overrides
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"--set {assignment!r}: {part!r} was given a value by an earlier --set")
+        node[leaf] = parsed
+    return overrides
+
+
+def config_of(args):
+    return load_config(args.params, args.overrides)
 
 
 def data_command(args) -> None:
@@ -14,7 +46,7 @@ def data_command(args) -> None:
     from .models import prepare_base
     from .stats import run_data_stats, table1
 
-    cfg = load_config(args.params)
+    cfg = config_of(args)
     splits = load_preferences(cfg)
     run = Run(cfg, args.run_dir)
     prepare_base(run, corpus(cfg, splits))
@@ -31,17 +63,17 @@ def data_command(args) -> None:
 def pipeline_command(args) -> None:
     if args.dry_run:
         from .dryrun import dry_run, print_dry_run
-        cfg = load_config(args.params)
+        cfg = config_of(args)
         existing = Run(cfg, args.run_dir) if Run.folder(cfg, args.run_dir).is_dir() else None  # its split, if done
         print_dry_run(dry_run(cfg, args.params, existing))
         return
     from .pipeline import run_pipeline
-    run_pipeline(args.params, args.run_dir, args.until, args.plan)
+    run_pipeline(args.params, args.run_dir, args.until, args.plan, args.overrides)
 
 
 def stage_command(args) -> None:
     from .launch import worker_main
-    worker_main(args.params, args.run_dir, args.stage)
+    worker_main(args.params, args.run_dir, args.stage, args.overrides)
 
 
 def main(argv=None) -> int:
@@ -53,6 +85,12 @@ def main(argv=None) -> int:
         sub = commands.add_parser(name, help=help_text)
         sub.add_argument("--params", required=True, help="params/X.yaml")
         sub.add_argument("--run-dir", help="default: runs/<run_name>")
+        sub.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="sets",
+                         help="override one params key (repeatable), e.g. --set dpo.beta=0.2; as the "
+                              "notebooks' `overrides`, and recorded in the run the same way")
+        sub.add_argument("--no-wait", action="store_true",
+                         help="refuse at once, naming the holder, when another process is building stages "
+                              "in this run directory (default: wait for it)")
         sub.set_defaults(handler=handler)
         if name == "pipeline":
             sub.add_argument("--until", help="last notebook number to run, e.g. 04")
@@ -64,9 +102,14 @@ def main(argv=None) -> int:
         if name == "stage":
             sub.add_argument("stage", help="sft, rm, resample, dpo, a PPO variant or an ablation")
     args = parser.parse_args(argv)
+    if args.run_dir:  # relative to where the command runs; the library resolves relative paths from the project
+        args.run_dir = str(Path(args.run_dir).resolve())
+    if args.no_wait:
+        os.environ[NO_WAIT_ENV] = "1"  # the notebooks' kernels and launched workers inherit it
     try:
+        args.overrides = parse_sets(args.sets)
         args.handler(args)
-    except (ConfigError, DataError, DiskFull) as exc:
+    except (ConfigError, DataError, DiskFull, RunLocked, NotebookFailed) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0

@@ -7,6 +7,7 @@ config hash resumes from them, one with another hash starts afresh.
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import json
@@ -19,6 +20,7 @@ from pathlib import Path
 
 from .config import PROJECT_ROOT, Config
 from .distributed import barrier, is_main_process, rank_and_world
+from .run_lock import building
 
 MARKER = "COMPLETE"
 # what a killed attempt leaves for the next one with the same config: TRL's checkpoints (trainer/)
@@ -83,9 +85,10 @@ class Run:
 
     @staticmethod
     def folder(cfg: Config, run_dir: str | Path | None = None) -> Path:
-        """run_dir, else $MPO_RUNS_DIR/<run_name>, else runs/<run_name> in the project."""
-        root = Path(run_dir) if run_dir else Path(os.environ.get("MPO_RUNS_DIR", PROJECT_ROOT / "runs")) / cfg.run_name
-        return root.resolve()
+        """run_dir, else $MPO_RUNS_DIR/<run_name>, else runs/<run_name>; relative paths from the project
+        root, wherever the kernel started (JupyterLab starts it in notebooks/)."""
+        root = Path(run_dir) if run_dir else Path(os.environ.get("MPO_RUNS_DIR", "runs")) / cfg.run_name
+        return (PROJECT_ROOT / root).resolve()
 
     def _check_owner(self) -> None:
         """A run directory belongs to one run_name: refuse to mix stages of two profiles."""
@@ -97,6 +100,13 @@ class Run:
                                  "choose another --run-dir or run_name")
         else:
             write_json(owner, {"run_name": self.cfg.run_name})
+
+    def describe(self) -> str:
+        """The line a notebook opens with: which run it is on and what is already built there."""
+        finished = sorted((p for p in self.path.iterdir() if (p / MARKER).exists()), key=lambda p: p.stat().st_mtime)
+        return (f"run {self.cfg.run_name!r} in {self.path}: "
+                + (f"{len(finished)} finished stages ({', '.join(p.name for p in finished)}), each reused "
+                   "while its config is unchanged" if finished else "no finished stage yet"))
 
     def stage_dir(self, stage: str) -> Path:
         return self.path / stage
@@ -131,8 +141,14 @@ class Run:
 
         `build(out_dir)` writes the stage's files into out_dir and returns its metrics.
         The hash covers the settings and the upstream stages' hashes, so a change re-runs
-        this stage and everything downstream of it.
+        this stage and everything downstream of it. The main process decides and builds holding the
+        run directory's lock, so a stage another process is building is waited for, then reused.
         """
+        with building(self.path) if is_main_process() else contextlib.nullcontext():
+            return self._build_or_reuse(stage, settings, upstream, build)
+
+    def _build_or_reuse(self, stage: str, settings: dict, upstream: list[str],
+                        build: Callable[[Path], dict]) -> dict:
         upstream_hashes = {name: self.stage_hash(name) for name in upstream}
         digest = config_hash({"stage": stage, "settings": settings, "upstream": upstream_hashes})
         final, partial = self.stage_dir(stage), self.path / f"{stage}.partial"

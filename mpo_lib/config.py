@@ -417,14 +417,18 @@ def _secrets(raw, prefix: str = "") -> list[str]:
     return found
 
 
+def params_path(params_file: str | Path) -> Path:
+    """A params file as given, else relative to the project root (a kernel may start in notebooks/)."""
+    path = Path(params_file)
+    return (path if path.is_absolute() or path.exists() else PROJECT_ROOT / path).resolve()
+
+
 def load_config(params_file: str | Path | None = None, overrides: dict | None = None) -> Config:
     """Read a params file, apply overrides (e.g. papermill-injected keys), validate."""
     raw: dict = {}
     source = "overrides"
     if params_file is not None:
-        path = Path(params_file)
-        if not path.is_absolute() and not path.exists():
-            path = PROJECT_ROOT / path
+        path = params_path(params_file)
         if not path.is_file():
             raise ConfigError(f"params file not found: {params_file}")
         source = str(path)

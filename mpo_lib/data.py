@@ -68,10 +68,12 @@ def parse_hh_rows(records, subset: str, where: str) -> Loaded:
 
 
 def _read_jsonl(path: Path):
+    """(line number, record) per non-blank line. utf-8-sig drops a byte-order mark and text mode reads
+    CRLF endings: what Windows editors and spreadsheet tools write is valid JSONL too."""
     opener = gzip.open if path.suffix == ".gz" else open
     line_no = 0
     try:
-        with opener(path, "rt", encoding="utf-8") as handle:
+        with opener(path, "rt", encoding="utf-8-sig") as handle:
             for line_no, line in enumerate(handle, 1):
                 if line.strip():
                     yield line_no, json.loads(line)
@@ -138,7 +140,7 @@ def load_tldr_sft(cfg: Config) -> list[dict]:
         return [{"prompt": r["prompt"], "completion": r["completion"]}
                 for r in datasets.load_dataset("trl-lib/tldr", split=cfg.data.train_split)]
     path = data_dir / "tldr" / "sft" / "tldr_test_posts.csv"
-    with open(path, newline="", encoding="utf-8") as handle:
+    with open(path, newline="", encoding="utf-8-sig") as handle:  # csv reads CRLF rows itself
         return [{"prompt": row["query"], "completion": " " + row["reference_responses"].strip()}
                 for row in csv.DictReader(handle)]
 

@@ -27,6 +27,7 @@ import yaml
 
 from .artifacts import Run
 from .config import ABLATIONS, PROJECT_ROOT, Config, DPOVariant
+from .run_lock import building
 
 
 class LaunchError(RuntimeError):
@@ -83,6 +84,11 @@ def run_stage(run: Run, stage: str) -> dict:
         return run_in_process(run, stage)  # one process; vLLM spreads the model over the GPUs itself
     if run.cfg.launch.num_processes == 1:
         return run_in_process(run, stage)
+    with building(run.path):  # the workers inherit this process's hold on the run directory
+        return launch_workers(run, stage)
+
+
+def launch_workers(run: Run, stage: str) -> dict:
     params = run.path / "launch" / f"{stage}.yaml"
     params.parent.mkdir(exist_ok=True)
     params.write_text(yaml.safe_dump(run.cfg.source_params, sort_keys=False))
@@ -102,7 +108,7 @@ def run_stage(run: Run, stage: str) -> dict:
     return run.metrics(stage)
 
 
-def worker_main(params: str, run_dir: str, stage: str) -> None:
+def worker_main(params: str, run_dir: str, stage: str, overrides: dict | None = None) -> None:
     """`python -m mpo_lib stage`: one launched worker. The process group starts first, so that the
     main process can prepare the stage's folder while the others wait."""
     import torch
@@ -111,7 +117,7 @@ def worker_main(params: str, run_dir: str, stage: str) -> None:
     from .config import load_config
     PartialState(cpu=not torch.cuda.is_available())
     try:
-        run_in_process(Run(load_config(Path(params)), run_dir), stage)
+        run_in_process(Run(load_config(Path(params), overrides), run_dir), stage)
     except Exception as exc:  # one line the launcher finds among the launcher's own tracebacks
         print(f"{WORKER_ERROR} {type(exc).__name__}: {exc}", flush=True)
         raise

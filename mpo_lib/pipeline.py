@@ -4,17 +4,26 @@ reused, so re-running the pipeline resumes where it stopped; before it starts, i
 stages it will reuse, resume, build or re-run, and why."""
 from __future__ import annotations
 
+import os
+import tempfile
 import time
 from pathlib import Path
 
+from traitlets.config import Config as TraitletsConfig
+
 from . import evaluation
 from .artifacts import Run
-from .config import ABLATIONS, PROJECT_ROOT, DPOVariant, PPOVariant, load_config
+from .config import ABLATIONS, PROJECT_ROOT, DPOVariant, PPOVariant, load_config, params_path
 from .data import load_preferences
 from .figures import copy_to_repository
 from .lineage import plan
+from .run_lock import building
 
 NOTEBOOKS = PROJECT_ROOT / "notebooks"
+
+
+class NotebookFailed(RuntimeError):
+    """A notebook's cell raised: the message names the notebook, the error line and the executed copy."""
 
 
 def notebooks(until: str | None = None) -> list[Path]:
@@ -35,14 +44,25 @@ def print_plan(run: Run) -> list[dict]:
 
 
 def run_pipeline(params_file: str, run_dir: str | None = None, until: str | None = None,
-                 plan_only: bool = False) -> Path:
-    import papermill
-
-    cfg = load_config(params_file)  # fail on bad params before any notebook starts
+                 plan_only: bool = False, overrides: dict | None = None) -> Path:
+    cfg = load_config(params_file, overrides)  # fail on bad params before any notebook starts
     run = Run(cfg, run_dir)
-    if plan_only:
+    if plan_only:  # reads the run directory only: no lock
         print_plan(run)
         return run.path
+    with building(run.path):  # the notebooks' kernels inherit the hold
+        execute_notebooks(run, params_file, until, overrides or {})
+    for line in summary(run):
+        print(line)
+    for path in copy_to_repository(run):
+        print(f"figure published: {path}")
+    print(f"run directory: {run.path}")
+    return run.path
+
+
+def execute_notebooks(run: Run, params_file: str, until: str | None, overrides: dict) -> None:
+    import papermill
+
     try:
         print_plan(run)
     except (ValueError, RuntimeError, OSError, KeyError) as exc:  # it informs; the notebooks report errors
@@ -50,19 +70,22 @@ def run_pipeline(params_file: str, run_dir: str | None = None, until: str | None
     out_dir = run.path / "notebooks"
     out_dir.mkdir(exist_ok=True)
     selected = notebooks(until)
-    for index, notebook in enumerate(selected, 1):
-        started = time.time()
-        print(f"[{index}/{len(selected)}] {notebook.name} ...", flush=True)
-        papermill.execute_notebook(
-            str(notebook), str(out_dir / notebook.name), cwd=str(PROJECT_ROOT), progress_bar=False,
-            parameters={"params_file": str(Path(params_file).resolve()), "run_dir": str(run.path)})
-        print(f"[{index}/{len(selected)}] {notebook.name} done in {time.time() - started:.0f}s", flush=True)
-    for line in summary(run):
-        print(line)
-    for path in copy_to_repository(run):
-        print(f"figure published: {path}")
-    print(f"run directory: {run.path}")
-    return run.path
+    with tempfile.TemporaryDirectory(prefix="mpo-kernel-") as sockets:  # short: a socket path has <= 107 bytes
+        # the kernels talk over IPC sockets, not unencrypted loopback TCP (which ipykernel warns about each time)
+        ipc = TraitletsConfig({"KernelManager": {"transport": "ipc", "ip": os.path.join(sockets, "kernel")}})
+        for index, notebook in enumerate(selected, 1):
+            started, executed = time.time(), out_dir / notebook.name
+            print(f"[{index}/{len(selected)}] {notebook.name} ...", flush=True)
+            try:
+                papermill.execute_notebook(
+                    str(notebook), str(executed), cwd=str(PROJECT_ROOT), progress_bar=False, config=ipc,
+                    parameters={"params_file": str(params_path(params_file)), "run_dir": str(run.path),
+                                "overrides": overrides})
+            except papermill.PapermillExecutionError as exc:
+                raise NotebookFailed(f"{notebook.name} failed in cell [{exc.exec_count}]: {exc.ename}: {exc.evalue}\n"
+                                     f"  the executed notebook, with the cell and its traceback: {executed}"
+                                     ) from None
+            print(f"[{index}/{len(selected)}] {notebook.name} done in {time.time() - started:.0f}s", flush=True)
 
 
 def ablation_stages(cfg, kind) -> list[str]:

@@ -1,3 +1,4 @@
+import csv
 import gzip
 import json
 
@@ -88,3 +89,38 @@ def test_cli_data_fails_with_a_message_on_a_bad_file(tmp_path, capsys):
     copy_hh(tmp_path, "helpful-base", b"not gzip at all")
     assert main(["data", "--params", str(params), "--run-dir", str(tmp_path / "run")]) == 2
     assert "helpful-base/test.jsonl.gz" in capsys.readouterr().err
+
+
+def windows_copy(text: str) -> str:
+    """What a Windows editor saves: a byte-order mark and CRLF line endings."""
+    return "\ufeff" + text.replace("\n", "\r\n")
+
+
+def test_bom_and_crlf_files_load_the_same_rows(tmp_path):
+    """HH JSONL (gzipped), TL;DR comparisons (JSONL) and TL;DR SFT posts (CSV), each re-saved with a
+    byte-order mark and CRLF endings, load with exactly the rows of the original files."""
+    from mpo_lib.data import load_tldr_sft, load_tldr_subset
+
+    with gzip.open(DATA_DIR / "hh-rlhf" / "harmless-base" / "test.jsonl.gz", "rt", encoding="utf-8") as handle:
+        cfg = copy_hh(tmp_path, "harmless-base", gzip.compress(windows_copy(handle.read()).encode()))
+    plain = load_config(SMOKE, {"data": {"subsets": ["harmless-base"]}})
+    assert load_hh_subset(cfg, "harmless-base", "test").rows == load_hh_subset(plain, "harmless-base", "test").rows
+
+    comparisons = tmp_path / "tldr" / "comparisons" / "batch18.json"
+    comparisons.parent.mkdir(parents=True)
+    original = (DATA_DIR / "tldr" / "comparisons" / "batch18.json").read_text(encoding="utf-8")
+    comparisons.write_text(windows_copy(original), encoding="utf-8", newline="")
+    posts = tmp_path / "tldr" / "sft" / "tldr_test_posts.csv"
+    posts.parent.mkdir(parents=True)
+    with open(DATA_DIR / "tldr" / "sft" / "tldr_test_posts.csv", newline="", encoding="utf-8") as source:
+        reader = csv.DictReader(source)
+        with open(posts, "w", newline="", encoding="utf-8-sig") as copy:  # csv ends records with CRLF
+            writer = csv.DictWriter(copy, reader.fieldnames)
+            writer.writeheader()
+            writer.writerows(reader)
+    assert posts.read_bytes().startswith(b"\xef\xbb\xbf") and b"\r\n" in posts.read_bytes()
+    tldr = {"data": {"dataset": "tldr", "subsets": ["batch18"], "train_split": "test", "eval_split": "test"}}
+    windows = load_config(SMOKE, {**tldr, "data": {**tldr["data"], "data_dir": str(tmp_path)}})
+    upstream = load_config(SMOKE, tldr)
+    assert load_tldr_subset(windows, "batch18", "test").rows == load_tldr_subset(upstream, "batch18", "test").rows
+    assert load_tldr_sft(windows) == load_tldr_sft(upstream)
