@@ -20,9 +20,19 @@ LORA = {"model": {"lora": {"r": 8, "alpha": 16}}, "sft": {"max_steps": 4}, "rm":
         "resample": {"num_prompts": 16}}
 
 
+# a test that needs one of these waits for a pipeline (or its first stages) to run: `make test-fast` skips it
+SLOW_FIXTURES = {"smoke_run", "lora_run"}
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture(scope="session")
 def smoke_run(tmp_path_factory):
-    """The smoke pipeline (notebooks 00-04) executed once with papermill, as `make smoke` does."""
+    """The smoke pipeline (every notebook, 00-07) executed once with papermill, as `make smoke` does."""
     from mpo_lib import Run, load_config
     from mpo_lib.pipeline import run_pipeline
 
