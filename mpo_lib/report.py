@@ -60,8 +60,9 @@ def tables(run: Run) -> str:
                    "a verdict that flips with the order is a tie)"), markdown_table(_percent_rows(judged))]
     human = evaluation.table5(run)
     parts += ["## Table 5: human evaluation", markdown_table(_percent_rows(human)) if human else
-              f"Sheets for three annotators are in `{run.path / 'human_eval'}`; put the filled copies in its "
-              "`labels/` folder (same file names) and re-run notebook 07.\n"]
+              "Sheets for three annotators are in the run directory's `human_eval/` (a path relative to the run: "
+              "tables.md is published); put the filled copies in its `labels/` folder (same file names) and re-run "
+              "notebook 07.\n"]
     parts += ["## Table 7: case studies", markdown_table(evaluation.case_studies(run))]
     parts += ["## Compute per stage", markdown_table(evaluation.compute_rows(run))]
     versus = evaluation.mpo_vs_ppo_compute(run)
