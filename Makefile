@@ -39,10 +39,10 @@ test-fast: .venv/installed  ## the quick loop: everything but the tests marked s
 	$(PY) -m pytest -q -m "not slow" tests
 
 lint: .venv/installed
-	$(PY) -m ruff check mpo_lib tests benchmarks
+	$(PY) -m ruff check mpo_lib tests benchmarks notebooks
 
-lab: .venv/installed
-	.venv/bin/jupyter lab notebooks/
+lab: .venv/installed  ## JupyterLab on notebooks/ (as root, e.g. in a container, Jupyter needs --allow-root)
+	.venv/bin/jupyter lab notebooks/ $(if $(filter 0,$(shell id -u)),--allow-root)
 
 benchmark: .venv/installed
 	$(PY) benchmarks/generation.py

@@ -81,6 +81,7 @@ def build_stages(run) -> None:
 def worker(args) -> None:
     """One trainer in this process; prints step seconds and this process's peak RSS."""
     import torch
+
     from mpo_lib.ppo import build_roles, train_ppo
 
     torch.set_num_threads(os.cpu_count() or 1)
@@ -92,7 +93,8 @@ def worker(args) -> None:
         train_ppo(run, "bench", variant, Path(out_dir), roles)
         steps = json.loads((Path(out_dir) / "steps.json").read_text())
     # VmHWM, not getrusage's ru_maxrss: that one keeps the parent's peak across fork + exec
-    peak_kb = int(next(line for line in open("/proc/self/status") if line.startswith("VmHWM")).split()[1])
+    with open("/proc/self/status") as status:
+        peak_kb = int(next(line for line in status if line.startswith("VmHWM")).split()[1])
     print(json.dumps({"step_seconds": [s["step_seconds"] for s in steps], "peak_rss_mb": peak_kb / 1024}))
 
 

@@ -7,6 +7,7 @@ import json
 import os
 import sys
 import time
+from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
@@ -30,7 +31,7 @@ class StepTimer(TrainerCallback):
 
 
 def main(spec_path: str) -> None:
-    spec = json.load(open(spec_path))
+    spec = json.loads(Path(spec_path).read_text())
     torch.manual_seed(spec["seed"])
     torch.set_num_threads(spec["threads"])
     tokenizer = AutoTokenizer.from_pretrained(spec["policy"])
@@ -57,7 +58,8 @@ def main(spec_path: str) -> None:
                          reward_model=reward, value_model=value, train_dataset=prompts, callbacks=[timer])
     trainer.train()
     # VmHWM, not getrusage's ru_maxrss: that one keeps the parent's peak across fork + exec
-    peak_kb = int(next(line for line in open("/proc/self/status") if line.startswith("VmHWM")).split()[1])
+    with open("/proc/self/status") as status:
+        peak_kb = int(next(line for line in status if line.startswith("VmHWM")).split()[1])
     print(json.dumps({"step_seconds": timer.seconds, "peak_rss_mb": peak_kb / 1024}))
 
 

@@ -7,8 +7,8 @@ import sys
 # hidden (find_spec -> None) until a run's params need it (4-bit base, 8-bit optimizer: Run exposes it)
 sys.modules.setdefault("bitsandbytes", None)
 
-from .artifacts import Run
-from .config import Config, ConfigError, load_config, notebook_config
+from .artifacts import Run  # noqa: E402 (after the bitsandbytes guard above)
+from .config import Config, ConfigError, load_config, notebook_config  # noqa: E402
 
 
 def open_run(namespace: dict) -> Run:

@@ -1,11 +1,12 @@
-"""Notebook 06: the paper's ablations (config.ABLATIONS, chosen by `ablations` in params), each a
+"""Notebook 06: the paper's ablations (stages.ABLATIONS, chosen by `ablations` in params), each a
 stage trained by the same DPO or PPO code as the main stages, with the variant that defines it."""
 from __future__ import annotations
 
 from .artifacts import Run
 from .launch import run_stage
+from .stages import ablation_stages
 
 
 def run_ablations(run: Run) -> dict[str, dict]:
     """Train the chosen ablations and those they start from, in dependency order."""
-    return {name: run_stage(run, name) for name in run.cfg.ablation_stages()}
+    return {name: run_stage(run, name) for name in ablation_stages(run.cfg)}

@@ -135,7 +135,7 @@ class Run:
     def figure_path(self, name: str) -> Path:
         return self.path / "figures" / name
 
-    def run_stage(self, stage: str, settings: dict, upstream: list[str],
+    def reuse_or_build(self, stage: str, settings: dict, upstream: list[str],
                   build: Callable[[Path], dict]) -> dict:
         """Build `stage` unless a finished copy with the same settings and upstream exists.
 

@@ -147,23 +147,6 @@ class PPOVariant(_Section):
     prompts: Literal["hard", "all", "easy"] = "hard"  # D^h (MPO), every resampled prompt (PPO), D^e
 
 
-# The paper's ablations, each a stage named after it; `ablations` in params chooses which run.
-# Fig. 4: DPO and PPO trained from SFT on D^e, D^h or everything (`dpo` and `ppo_full` are the
-# main stages). Table 6: MPO-sft-kl keeps MPO's PPO near SFT instead of DPO; MPO-reverse runs PPO
-# on D^h first (ppo_hard) and DPO on D^e from it, with that policy (or, -sft, SFT) as reference.
-# Table 3's text: DPO-base is DPO on the dataset's own pairs.
-ABLATIONS: dict[str, DPOVariant | PPOVariant] = {
-    "dpo_full": DPOVariant(data="full"),
-    "dpo_hard": DPOVariant(data="hard"),
-    "dpo_base": DPOVariant(data="offline"),
-    "ppo_easy": PPOVariant(init="sft", reference="sft", prompts="easy"),
-    "ppo_hard": PPOVariant(init="sft", reference="sft", prompts="hard"),
-    "mpo_sft_kl": PPOVariant(init="dpo", reference="sft", prompts="hard"),
-    "mpo_reverse": DPOVariant(init="ppo_hard", reference="ppo_hard", data="easy"),
-    "mpo_reverse_sft": DPOVariant(init="ppo_hard", reference="sft", data="easy"),
-}
-
-
 class PPOConfig(_Section):
     """The kit's PPO (DeepSpeed-Chat semantics; mpo_lib/ppo.py documents every choice)."""
     variants: dict[str, PPOVariant] = {"mpo": PPOVariant(),
@@ -271,7 +254,7 @@ class Config(_Section):
     split: SplitConfig = SplitConfig()
     dpo: DPOConfig
     ppo: PPOConfig | None = None
-    ablations: list[str] = []  # names from ABLATIONS (notebook 06); what an ablation needs runs first
+    ablations: list[str] = []  # names from stages.ABLATIONS (notebook 06); what an ablation needs runs first
     eval: EvalConfig = EvalConfig()
     launch: LaunchConfig = LaunchConfig()
     _params: dict = PrivateAttr(default_factory=dict)
@@ -307,18 +290,19 @@ class Config(_Section):
                 raise ValueError(f"ppo.mini_batch_size={self.ppo.mini_batch_size} (global) is not a multiple of "
                                  f"ppo.micro_batch_size={self.ppo.micro_batch} (per device) x "
                                  f"launch.num_processes={world}")
+        from .stages import ABLATIONS, ablation_stages, policies
         for name in self.ablations:  # unknown names first: ablation_stages() needs known ones
             if name not in ABLATIONS:
                 close = difflib.get_close_matches(name, ABLATIONS, n=1)
                 raise ValueError(f"ablations: unknown {name!r}" + (f"; did you mean {close[0]!r}?" if close else "")
                                  + f" (known: {', '.join(ABLATIONS)})")
-        for name in self.ablation_stages():
+        for name in ablation_stages(self):
             if isinstance(ABLATIONS[name], PPOVariant) and self.ppo is None:
                 raise ValueError(f"ablations: {name!r} is (or needs) a PPO run: add a ppo section")
         for name in self.eval.compare:
-            if name not in self.trained_policies():
+            if name not in policies(self):
                 raise ValueError(f"eval.compare: {name!r} is not a policy these params train "
-                                 f"({', '.join(sorted(self.trained_policies()))})")
+                                 f"({', '.join(sorted(policies(self)))})")
         if self.rm.subsets and not set(self.rm.subsets) <= set(self.data.subsets):
             raise ValueError(f"rm.subsets {self.rm.subsets} must be among data.subsets {self.data.subsets}")
         return self
@@ -340,17 +324,6 @@ class Config(_Section):
 
     def uses_bitsandbytes(self) -> bool:
         return self.model.quantization is not None or self.model.optimizer is not None
-
-    def trained_policies(self) -> list[str]:
-        """Every policy stage these params train, in pipeline order."""
-        return ["sft", "dpo", *(self.ppo.variants if self.ppo else {}), *self.ablation_stages()]
-
-    def ablation_stages(self) -> list[str]:
-        """The chosen ablations plus the ablations they start from, in catalogue (dependency) order."""
-        chosen = set(self.ablations)
-        for name in self.ablations:
-            chosen |= {ABLATIONS[name].init, ABLATIONS[name].reference} & set(ABLATIONS)
-        return [name for name in ABLATIONS if name in chosen]
 
     def data_dir(self) -> Path | None:
         """The local data folder: data.data_dir, else $MPO_DATA_DIR (relative paths: from the project root)."""

@@ -1,6 +1,6 @@
 """Stage `dpo` (MPO's first stage) and the DPO ablations, with TRL's DPOTrainer (Eq. 2, sigmoid
 loss, beta from params). Stage `dpo` starts from SFT with SFT as reference, on D^e;
-an ablation (config.ABLATIONS) names its own start, reference and pairs. With LoRA a reference
+an ablation (stages.ABLATIONS) names its own start, reference and pairs. With LoRA a reference
 equal to the start is the start's weights with the adapter disabled; any other reference, and
 every reference in full fine-tuning, is a separate frozen copy.
 """
@@ -12,8 +12,9 @@ from pathlib import Path
 from datasets import Dataset
 from trl import DPOConfig, DPOTrainer
 
+from . import stages
 from .artifacts import Run
-from .config import ABLATIONS, DPOVariant
+from .config import DPOVariant
 from .data import fit_row
 from .models import load_stage_model, load_tokenizer, lora_config
 from .resample import load_pairs, load_split, split_by_gap
@@ -21,13 +22,10 @@ from .training import save_trained, train_and_summarise, trainer_args, weights_d
 
 
 def dpo_variant(run: Run, name: str) -> DPOVariant:
-    if name == "dpo":
-        return DPOVariant()
-    variant = ABLATIONS.get(name)
-    if isinstance(variant, DPOVariant):
-        return variant
-    raise ValueError(f"{name!r} is not a DPO stage (dpo, or a DPO ablation: "
-                     f"{', '.join(n for n, v in ABLATIONS.items() if isinstance(v, DPOVariant))})")
+    found = stages.stage(run.cfg, name)
+    if found.kind is not stages.DPO:
+        raise ValueError(f"{name!r} is not a DPO stage of these params (dpo, or a DPO ablation in `ablations`)")
+    return found.variant
 
 
 # the stages each choice of pairs comes from
@@ -76,7 +74,7 @@ def run_dpo(run: Run, offline_rows: list[dict], name: str = "dpo") -> dict:
                 "reward_margin_after": after["eval_rewards/margins"],
                 "reward_accuracy_after": after["eval_rewards/accuracies"]}
 
-    return run.run_stage(name, *dpo_spec(run, name), build)
+    return run.reuse_or_build(name, *dpo_spec(run, name), build)
 
 
 def dpo_spec(run: Run, name: str) -> tuple[dict, list[str]]:

@@ -10,12 +10,13 @@ and |D^h| come from the run's split when it has finished, else from the paper's 
 and 60K hard of 80K prompts at gamma = 2), and say so.
 
 Memory is an estimate, good to about ±30%: model states with the ZeRO paper's accounting for
-mixed-precision AdamW (Rajbhandari et al., 2020: 2 bytes of bf16 weights, 2 of gradients (4 where the
-DeepSpeed JSON accumulates them in fp32) and 12 of fp32 master weights and moments per parameter,
-ZeRO-1/2/3 partitioning the optimizer states, then the gradients, then the weights, across the processes); activations per micro-batch after
-Korthikanti et al. (2022) with fused attention (34 bytes x sequence x hidden per layer, 2 per layer
-and one layer's worth with gradient checkpointing) plus the logits; the KV cache for generation (PPO
-under ZeRO-3: with the policy's weights, gathered whole to generate).
+mixed-precision AdamW (Rajbhandari et al., 2020: 2 bytes of bf16 weights, 2 of gradients (4 where
+the DeepSpeed JSON accumulates them in fp32) and 12 of fp32 master weights and moments per
+parameter, ZeRO-1/2/3 partitioning the optimizer states, then the gradients, then the weights,
+across the processes); activations per micro-batch after Korthikanti et al. (2022) with fused
+attention (34 bytes x sequence x hidden per layer, 2 per layer and one layer's worth with gradient
+checkpointing) plus the logits; the KV cache for generation (PPO under ZeRO-3: with the policy's
+weights, gathered whole to generate).
 LoRA trains only its adapters (fp32 weights, gradients and moments: 16 bytes a parameter; 10 with
 the paged 8-bit optimizer); a 4-bit base holds about 0.52 bytes a parameter (NF4 with double
 quantisation).
@@ -28,8 +29,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .config import ABLATIONS, Config, ConfigError, DPOVariant
-from .ppo import ppo_variant
+from . import stages as registry
+from .config import Config, ConfigError
 
 GB = 2**30
 # config.json of models a dry run may plan for without the hub (public values)
@@ -104,7 +105,7 @@ def architecture(cfg: Config) -> Architecture:
 def model_states(arch: Architecture, cfg: Config, trained: bool, zero: int, eight_bit_adam: bool) -> dict[str, float]:
     """Bytes per device for one model's weights, gradients and optimizer states under ZeRO stage `zero`."""
     world = cfg.launch.num_processes
-    shard = lambda level: world if zero >= level else 1  # noqa: E731 (ZeRO-level partitioning)
+    shard = lambda level: world if zero >= level else 1
     if cfg.model.quantization == "4bit":  # the kit loads what stays unquantised in fp32
         weights = (arch.params - arch.embedding_params) * 0.52 + arch.embedding_params * 4
     else:  # DeepSpeed holds bf16 weights (the fp32 masters are optimizer state); the kit loads fp32
@@ -197,7 +198,8 @@ def optimizer_steps(rows: int, per_device: int, accum: int, world: int, epochs: 
 # ---------------------------------------------------------------------------- the plan
 
 def through_vllm(cfg: Config, stage: str) -> bool:
-    return cfg.launch.generation_backend == "vllm" and stage in ("resample", "eval")
+    """Through vLLM in one process: the generating stages (`eval` is this table's row for every eval_<policy>)."""
+    return cfg.launch.generation_backend == "vllm" and (stage == "eval" or registry.stage(cfg, stage).kind.generates)
 
 
 def launch_command(cfg: Config, stage: str, params: str) -> str:
@@ -293,15 +295,14 @@ def dry_run(cfg: Config, params: str, run=None) -> list[dict]:
                  "weight_decay": cfg.dpo.weight_decay, "beta": cfg.dpo.beta,
                  "gradient_accumulation_steps": cfg.dpo.grad_accum, "num_warmup_steps": cfg.dpo.warmup_steps}
     dpo_rows = {"easy": rows["easy"], "hard": rows["hard"], "full": rows["prompts"], "offline": rows["pairs"]}
-    for name in ["dpo", *[n for n in cfg.ablation_stages() if isinstance(ABLATIONS[n], DPOVariant)]]:
-        variant = ABLATIONS.get(name, DPOVariant())
+    for dpo in registry.of_kind(cfg, registry.DPO):
+        name, variant = dpo.name, dpo.variant
         # the reference: a frozen copy in full fine-tuning; with LoRA the start with its adapter off, if it is the start
         frozen = int(cfg.model.lora is None or variant.reference != variant.init)
         stages[name] = trl_stage(cfg, arch, cfg.dpo, dpo_rows[variant.data], 2, frozen, dpo_hyper)
     ppo_prompts = {"hard": rows["hard"], "easy": rows["easy"], "all": rows["prompts"]}
-    for name in cfg.trained_policies():
-        if name not in stages and name != "sft":
-            stages[name] = ppo_stage(cfg, arch, name, ppo_prompts[ppo_variant(cfg, name).prompts])
+    for ppo in registry.of_kind(cfg, registry.PPO):
+        stages[ppo.name] = ppo_stage(cfg, arch, ppo.name, ppo_prompts[ppo.variant.prompts])
     stages["eval"] = generation_stage(cfg, arch, cfg.eval.num_prompts, cfg.eval.batch_size, cfg.eval.max_new_tokens,
                                       world_size(cfg, "eval"))
     # every stage goes through the launcher (mpo_lib/launch.py); with vLLM, resample and eval run in the kernel

@@ -4,7 +4,11 @@ prompts with one decoding setting, and the run's reward model scores the answers
 - Table 3 / Table 6 / Fig. 4: mean reward per policy with a 95% bootstrap interval, the paper's
   value beside it. The paper's rewards come from its own 7B reward model: compare orderings and
   gaps between policies, not absolute values.
-- Table 4: the pairwise judge (mpo_lib.judge) on eval.compare (MPO vs PPO), both orders.
+- Paired differences: for each comparison the paper draws (COMPARISONS), the mean per-prompt
+  reward difference with a paired 95% BCa interval; a difference is called real only when that
+  interval excludes 0.
+- Table 4: the pairwise judge (mpo_lib.judge) on eval.compare (MPO vs PPO), both orders, with an
+  interval for the win - lose rate.
 - Table 5: blinded human-evaluation sheets (mpo_lib.human_eval), summarised once labels exist.
 - Table 7: the same prompts answered side by side (the paper's own instructions included for HH).
 """
@@ -14,20 +18,15 @@ import json
 import os
 from pathlib import Path
 
+from . import stages
 from .artifacts import Run, config_hash, read_json, write_json
-from .bootstrap import mean_ci
+from .bootstrap import mean_ci, paired_difference_ci
 from .data import truncate_prompt
 from .distributed import is_main_process
 from .models import device, load_stage_model, load_tokenizer, to_device
 from .resample import sample_and_score
 from .reward import score
 
-# every policy stage a run can hold, in the order tables list them
-LABELS = {
-    "sft": "SFT", "dpo_base": "DPO-base (dataset pairs)", "dpo_full": "DPO", "dpo": "DPO on D^e (MPO stage 1)",
-    "dpo_hard": "DPO on D^h", "ppo_full": "PPO", "ppo_easy": "PPO on D^e", "ppo_hard": "PPO on D^h", "mpo": "MPO",
-    "mpo_reverse": "MPO-reverse", "mpo_sft_kl": "MPO-sft-kl", "mpo_reverse_sft": "MPO-reverse-sft",
-}
 # the paper's numbers (LLaMA-2-7B, its own reward models); MPO's Table 3 row depends on gamma
 PAPER = {
     "hh": {"table3": {"sft": 0.938, "dpo_full": 1.499, "ppo_full": 2.513, "mpo": {1.0: 2.22, 2.0: 2.801}},
@@ -58,14 +57,10 @@ PAPER_CASES = {
 }
 
 
-def configured_policies(cfg) -> list[str]:
-    """The policy stages the params train, in table order (finished or not)."""
-    return [name for name in LABELS if name in cfg.trained_policies()]
-
-
 def policies(run: Run) -> list[str]:
-    """The finished policy stages the params train: a stage left from other params is not evaluated."""
-    return [name for name in configured_policies(run.cfg) if run.is_complete(name)]
+    """The finished policy stages the params train, in table order: a stage left from other params is not
+    evaluated."""
+    return [name for name in stages.policies(run.cfg) if run.is_complete(name)]
 
 
 def eval_prompts(run: Run, heldout_rows: list[dict]) -> list[dict]:
@@ -113,7 +108,7 @@ def run_policy_eval(run: Run, policy: str, prompts: list[dict]) -> dict:
                                      / sum(p["subset"] == s for p in prompts) for s in subsets},
                 "tokens_generated": result["new_tokens"], "generation_seconds": round(result["seconds"], 1)}
 
-    return run.run_stage(f"eval_{policy}", *eval_spec(run, policy, prompts), build)
+    return run.reuse_or_build(f"eval_{policy}", *eval_spec(run, policy, prompts), build)
 
 
 def eval_spec(run: Run, policy: str, prompts: list[dict]) -> tuple[dict, list[str]]:
@@ -146,15 +141,48 @@ def reward_rows(run: Run, names: list[str], table: str) -> list[dict]:
         if not run.is_complete(f"eval_{name}"):
             continue
         m = run.metrics(f"eval_{name}")
-        label = LABELS[name] + (f" (γ={run.cfg.split.gamma:g})" if name == "mpo" else "")
+        label = stages.label(name) + (f" (γ={run.cfg.split.gamma:g})" if name == "mpo" else "")
         rows.append({"policy": label, "stage": name, "reward": round(m["reward_mean"], 3),
                      "95% CI": f"[{m['ci_low']:.3f}, {m['ci_high']:.3f}]", "prompts": m["prompts"],
                      f"paper ({table})": _paper_value(run, table, name)})
     return rows
 
 
+# the comparisons the paper draws, each as (policy, baseline): Table 3's order (MPO > PPO > DPO > SFT,
+# DPO over DPO-base), Fig. 4's (DPO best on D^e, PPO best on everything) and Table 6's (MPO over its variants)
+COMPARISONS = [("mpo", "ppo_full"), ("mpo", "dpo_full"), ("mpo", "dpo"), ("mpo", "sft"), ("ppo_full", "sft"),
+               ("dpo_full", "sft"), ("dpo", "sft"), ("dpo_full", "dpo_base"), ("dpo", "dpo_full"), ("dpo", "dpo_hard"),
+               ("ppo_full", "ppo_easy"), ("ppo_full", "ppo_hard"), ("mpo", "mpo_reverse"), ("mpo", "mpo_sft_kl"),
+               ("mpo", "mpo_reverse_sft")]
+
+
+def paired_rewards(run: Run, policy: str, baseline: str) -> tuple[list[float], list[float]]:
+    """The two policies' rewards on the same eval prompts, in the same order."""
+    answers = {name: [r for r in responses(run, name) if not r["case"]] for name in (policy, baseline)}
+    if [r["prompt"] for r in answers[policy]] != [r["prompt"] for r in answers[baseline]]:
+        raise ValueError(f"eval_{policy} and eval_{baseline} answered different prompts: their eval settings "
+                         "differ; re-run notebook 07 so that both answer the run's eval prompts")
+    return [r["reward"] for r in answers[policy]], [r["reward"] for r in answers[baseline]]
+
+
+def paired_differences(run: Run) -> list[dict]:
+    """Each comparison of COMPARISONS whose two policies were evaluated: the mean per-prompt reward
+    difference, its paired 95% BCa interval (prompts resampled jointly), and whether 0 is outside it."""
+    rows = []
+    for policy, baseline in COMPARISONS:
+        if not (run.is_complete(f"eval_{policy}") and run.is_complete(f"eval_{baseline}")):
+            continue
+        ours, theirs = paired_rewards(run, policy, baseline)
+        mean, low, high = paired_difference_ci(ours, theirs, n_resamples=run.cfg.eval.bootstrap_resamples,
+                                               seed=run.cfg.seed)
+        rows.append({"comparison": f"{stages.label(policy)} − {stages.label(baseline)}", "policy": policy,
+                     "baseline": baseline, "mean difference": round(mean, 3), "paired 95% CI": f"[{low:.3f}, {high:.3f}]",
+                     "0 outside the interval": low > 0 or high < 0, "prompts": len(ours)})
+    return rows
+
+
 def table3(run: Run) -> list[dict]:
-    return reward_rows(run, list(LABELS), "table3")
+    return reward_rows(run, stages.policies(run.cfg), "table3")
 
 
 def table6(run: Run) -> list[dict]:
@@ -171,8 +199,8 @@ def plot_fig4(run: Run):
     from matplotlib.patches import Patch
 
     fig, ax = plt.subplots(figsize=(5.5, 3.4))
-    for offset, color, (method, stages) in zip((-0.2, 0.2), ("#4c72b0", "#dd8452"), FIG4.items()):
-        for x, stage in enumerate(stages.values()):
+    for offset, color, trained_on in zip((-0.2, 0.2), ("#4c72b0", "#dd8452"), FIG4.values()):
+        for x, stage in enumerate(trained_on.values()):
             if not run.is_complete(f"eval_{stage}"):
                 ax.text(x + offset, 0, "not run", rotation=90, ha="center", va="bottom", fontsize=7)
                 continue
@@ -308,21 +336,22 @@ def compute_rows(run: Run) -> list[dict]:
     second: trained for SFT, RM and DPO (TRL's count of the tokens it trained on, over the training time),
     generated for resampling, PPO and evaluation."""
     cfg, rows = run.cfg, []
-    finished = [f for f in run.path.iterdir() if "." not in f.name and (f / "COMPLETE").exists()]  # no superseded
-    for folder in sorted(finished, key=lambda f: (f / "COMPLETE").stat().st_mtime):
+    finished = [stage for stage in stages.catalogue(cfg) if run.is_complete(stage.name)]
+    for stage in sorted(finished, key=lambda s: (run.stage_dir(s.name) / "COMPLETE").stat().st_mtime):
+        folder = run.stage_dir(stage.name)
         m = read_json(folder / "metrics.json")
         tokens = m.get("tokens_generated", m.get("new_tokens"))
-        section = {"sft": cfg.sft, "rm": cfg.rm}.get(folder.name, cfg.dpo if "reward_margin_after" in m else None)
         samples, rate = m.get("samples_seen"), None
-        if section is not None:  # TRL stages: optimizer steps x global batch
+        if stage.kind.trl_section:  # TRL stages: optimizer steps x global batch
+            section = getattr(cfg, stage.kind.trl_section)
             samples = m["optimizer_steps"] * section.batch_size * section.grad_accum * m.get("workers", 1)
             trained = [e["num_tokens"] for e in read_json(folder / "log_history.json") if "num_tokens" in e]
             rate = trained[-1] / m["train_seconds"] if trained and m.get("train_seconds") else None
-        elif folder.name == "resample":
-            samples = 2 * m["prompts"]
+        elif stage.kind is stages.RESAMPLE:
+            samples = 2 * m["prompts"]  # two completions a prompt
         if tokens and m.get("wall_seconds"):
             rate = tokens / m["wall_seconds"]
-        rows.append({"stage": folder.name, "samples seen": samples, "tokens generated": tokens,
+        rows.append({"stage": stage.name, "samples seen": samples, "tokens generated": tokens,
                      "wall-clock s": round(m.get("wall_seconds") or 0), "tokens/s": rate and round(rate)})
     return rows
 

@@ -2,6 +2,7 @@
 pairs per reward-difference bin (right)."""
 from __future__ import annotations
 
+import itertools
 import shutil
 
 import matplotlib
@@ -18,7 +19,7 @@ from .resample import gap_values, load_pairs
 def _bins(gaps: np.ndarray, edges: list[float]):
     """(label, mask) per bin; the last bin is open-ended like the paper's."""
     bounds = list(edges) + [np.inf]
-    for low, high in zip(bounds[:-1], bounds[1:]):
+    for low, high in itertools.pairwise(bounds):
         label = f"{low:g}-{high:g}" if np.isfinite(high) else f">{low:g}"
         yield label, (gaps >= low) & (gaps < high)
 

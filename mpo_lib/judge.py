@@ -19,6 +19,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
+from .bootstrap import mean_ci
+
 JUDGE_PROMPT = """Please evaluate the quality of the response according to the given instructions. Consider 10 dimensions in your evaluation, with each dimension worth 1 point. Provide a total score out of 10 points.
 
 1. Concise: The response should efficiently address the task or answer the question, communicating the necessary information with brevity and clarity.
@@ -213,6 +215,9 @@ def verdict(score_a: float, score_b: float, tie_margin: float = 0.0) -> str:
     return "win" if score_a > score_b else "lose"
 
 
+OUTCOME_SIGN = {"win": 1, "tie": 0, "lose": -1}
+
+
 def judge_pairs(judge: Judge, items: list[dict], cache_dir: str | Path, attempts: int = 3) -> dict:
     """Judge items {id, instruction, a, b} in both orders. Returns {"records": one per item,
     "summary": {n, judged, failures, win, tie, lose, consistency}}: rates are over judged items,
@@ -242,7 +247,10 @@ def judge_pairs(judge: Judge, items: list[dict], cache_dir: str | Path, attempts
     def rate(hits: int) -> float | None:
         return hits / len(judged) if judged else None
 
+    # win - lose as the mean of +1 / 0 / -1 per item, with its 95% BCa interval over the items
+    margin = mean_ci([OUTCOME_SIGN[r["outcome"]] for r in judged]) if len(judged) >= 2 else (None, None, None)
     summary = {"n": len(records), "judged": len(judged), "failures": len(records) - len(judged),
                **{o: rate(sum(r["outcome"] == o for r in judged)) for o in ("win", "tie", "lose")},
-               "consistency": rate(sum(r["consistent"] for r in judged))}
+               "consistency": rate(sum(r["consistent"] for r in judged)),
+               "win_minus_lose": margin[0], "win_minus_lose_ci": None if margin[0] is None else list(margin[1:])}
     return {"records": records, "summary": summary}

@@ -2,14 +2,15 @@
 ablations, the eval_<policy> generations) runs: in the notebook's kernel, or under `accelerate launch`.
 With launch.generation_backend: vllm, resample and eval_<policy> run in the kernel through vLLM.
 
-A notebook cell calls `launch.run_stage(run, "dpo")` whatever the params say. With
+A notebook cell calls `launch.run_stage(run, "dpo")` whatever the params say; the stage registry
+(mpo_lib.stages) says what the stage is and how it is built. With
 launch.num_processes = 1 the stage runs in-process. With more, the run's resolved params are
 written to <run>/launch/<stage>.yaml and the stage runs as
 
     accelerate launch --num_processes N [--config_file A] [--use_deepspeed --deepspeed_config_file D]
         -m mpo_lib stage <stage> --params <run>/launch/<stage>.yaml --run-dir <run>
 
-Every worker trains; the main process alone writes the run directory (artifacts.Run.run_stage), under
+Every worker trains; the main process alone writes the run directory (artifacts.Run.reuse_or_build), under
 ZeRO-3 the weights all workers gathered together (training.save_trained). The
 workers' output streams into the cell line by line, and a failed worker fails the cell with the last
 lines it printed. Multi-node runs put the machines, rank and address in an `accelerate config` file
@@ -25,8 +26,9 @@ from pathlib import Path
 
 import yaml
 
+from . import stages
 from .artifacts import Run
-from .config import ABLATIONS, PROJECT_ROOT, Config, DPOVariant
+from .config import PROJECT_ROOT, Config
 from .run_lock import building
 
 
@@ -47,43 +49,17 @@ def stage_command(cfg: Config, stage: str, params: str, run_dir: str) -> list[st
     return command + ["-m", "mpo_lib", "stage", stage, "--params", params, "--run-dir", run_dir]
 
 
-def run_in_process(run: Run, stage: str) -> dict:
-    """Train one stage in this process (a launched worker, or the notebook's kernel)."""
-    from .data import load_preferences
-
-    if stage == "sft":
-        from .data import sft_rows
-        from .sft import run_sft
-        return run_sft(run, sft_rows(run.cfg, load_preferences(run.cfg)))
-    if stage == "rm":
-        from .reward import run_reward
-        splits = load_preferences(run.cfg)
-        return run_reward(run, splits.train, splits.heldout)
-    if stage == "resample":
-        from .resample import run_resample
-        return run_resample(run, load_preferences(run.cfg).train)
-    if stage.startswith("eval_"):
-        from .evaluation import eval_prompts, run_policy_eval
-        return run_policy_eval(run, stage.removeprefix("eval_"), eval_prompts(run, load_preferences(run.cfg).heldout))
-    if stage == "dpo" or isinstance(ABLATIONS.get(stage), DPOVariant):
-        from .dpo import run_dpo
-        return run_dpo(run, load_preferences(run.cfg).train, stage)
-    from .ppo import run_ppo
-    return run_ppo(run, stage)  # a PPO variant or ablation; anything else fails there, naming the choices
-
-
 WORKER_ERROR = "mpo_lib worker error:"
 
 
 def run_stage(run: Run, stage: str) -> dict:
     """What a notebook cell calls: the stage's metrics, trained in-process or by launched workers."""
-    generates = stage == "resample" or stage.startswith("eval_")
-    if generates and run.cfg.launch.generation_backend == "vllm":
+    if run.cfg.launch.generation_backend == "vllm" and stages.stage(run.cfg, stage).kind.generates:
         from .vllm_backend import require_vllm
         require_vllm()  # before anything runs: the stages already finished stay as they are
-        return run_in_process(run, stage)  # one process; vLLM spreads the model over the GPUs itself
+        return stages.build(run, stage)  # one process; vLLM spreads the model over the GPUs itself
     if run.cfg.launch.num_processes == 1:
-        return run_in_process(run, stage)
+        return stages.build(run, stage)  # in this kernel
     with building(run.path):  # the workers inherit this process's hold on the run directory
         return launch_workers(run, stage)
 
@@ -117,7 +93,7 @@ def worker_main(params: str, run_dir: str, stage: str, overrides: dict | None = 
     from .config import load_config
     PartialState(cpu=not torch.cuda.is_available())
     try:
-        run_in_process(Run(load_config(Path(params), overrides), run_dir), stage)
+        stages.build(Run(load_config(Path(params), overrides), run_dir), stage)
     except Exception as exc:  # one line the launcher finds among the launcher's own tracebacks
         print(f"{WORKER_ERROR} {type(exc).__name__}: {exc}", flush=True)
         raise

@@ -15,12 +15,19 @@ from pathlib import Path
 
 import torch
 from huggingface_hub import constants
-from transformers import (AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer,
-                          LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast)
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedTokenizerFast,
+)
 
 from .artifacts import Run, read_json, write_json
-from .distributed import is_main_process
 from .config import Config, ConfigError
+from .distributed import is_main_process
 
 SMOLLM2 = "smollm2-135m-instruct"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
@@ -118,7 +125,7 @@ def prepare_base(run: Run, texts: list[str]) -> dict:
         tokenizer = AutoTokenizer.from_pretrained(_full_path(out_dir))
         return {"model": cfg.model.name, "vocab_size": len(tokenizer)}
 
-    return run.run_stage("base", *base_spec(cfg, texts), build)
+    return run.reuse_or_build("base", *base_spec(cfg, texts), build)
 
 
 def base_spec(cfg: Config, texts: list[str]) -> tuple[dict, list[str]]:

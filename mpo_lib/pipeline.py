@@ -11,10 +11,9 @@ from pathlib import Path
 
 from traitlets.config import Config as TraitletsConfig
 
-from . import evaluation
+from . import evaluation, stages
 from .artifacts import Run
-from .config import ABLATIONS, PROJECT_ROOT, DPOVariant, PPOVariant, load_config, params_path
-from .data import load_preferences
+from .config import PROJECT_ROOT, load_config, params_path
 from .figures import copy_to_repository
 from .lineage import plan
 from .run_lock import building
@@ -37,7 +36,7 @@ def notebooks(until: str | None = None) -> list[Path]:
 
 def print_plan(run: Run) -> list[dict]:
     """What a full run would do with each stage, and why (mpo_lib.lineage)."""
-    rows = plan(run, load_preferences(run.cfg))
+    rows = plan(run)
     for row in rows:
         print(f"plan: {row['stage']:<18} {row['action']:<7} {row['why']}", flush=True)
     return rows
@@ -88,10 +87,6 @@ def execute_notebooks(run: Run, params_file: str, until: str | None, overrides: 
             print(f"[{index}/{len(selected)}] {notebook.name} done in {time.time() - started:.0f}s", flush=True)
 
 
-def ablation_stages(cfg, kind) -> list[str]:
-    return [name for name in cfg.ablation_stages() if isinstance(ABLATIONS[name], kind)]
-
-
 def summary(run: Run) -> list[str]:
     """The headline numbers of the finished stages, one line each."""
     lines = []
@@ -106,14 +101,13 @@ def summary(run: Run) -> list[str]:
         split = run.metrics("split")
         lines.append(f"split at gamma={split['gamma']:g}: |D^e|={split['easy']} |D^h|={split['hard']} "
                      f"of {split['prompts']} prompts")
-    ppo_stages = [*(run.cfg.ppo.variants if run.cfg.ppo else {}), *ablation_stages(run.cfg, PPOVariant)]
-    for stage in ["dpo", *ablation_stages(run.cfg, DPOVariant)]:
+    for stage in [s.name for s in stages.of_kind(run.cfg, stages.DPO)]:
         if run.is_complete(stage):
             dpo = run.metrics(stage)
             lines.append(f"{stage}: {dpo['pairs']} pairs, loss {dpo['train_loss_first']:.3f} -> "
                          f"{dpo['train_loss_last']:.3f}; after training, reward margin {dpo['reward_margin_after']:+.3f} "
                          f"and accuracy {dpo['reward_accuracy_after']:.0%} on its pairs")
-    for stage in ppo_stages:
+    for stage in [s.name for s in stages.of_kind(run.cfg, stages.PPO)]:
         if run.is_complete(stage):
             ppo = run.metrics(stage)
             lines.append(f"{stage}: reward {ppo['reward_first_quarter']:+.3f} (first quarter) -> "

@@ -53,12 +53,12 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from . import stages, zero
 from .artifacts import Run, announce_resume, read_json
-from .config import ABLATIONS, PPOVariant
+from .config import PPOVariant
 from .data import truncate_prompt
 from .distributed import all_gather, all_reduce, is_main_process, rank_and_world
 from .models import device, load_stage_model, load_tokenizer, lora_config, save_stage_model, to_device
-from . import zero
 from .resample import decode_responses, load_pairs, load_split, positions, sample_batch
 from .reward import score
 
@@ -592,12 +592,12 @@ def train_ppo(run: Run, name: str, variant: PPOVariant, out_dir: Path, roles: Ro
 
 
 def ppo_variant(cfg, name: str) -> PPOVariant:
-    """A key of ppo.variants (`mpo`, `ppo_full`) or a PPO ablation (`ppo_hard`, ...)."""
-    variants = {**{n: v for n, v in ABLATIONS.items() if isinstance(v, PPOVariant)}, **(cfg.ppo.variants if cfg.ppo else {})}
-    if cfg.ppo is None or name not in variants:
-        raise ValueError(f"no PPO stage {name!r}: not in ppo.variants nor a PPO ablation "
-                         f"({sorted(variants) if cfg.ppo else 'the params have no ppo section'})")
-    return variants[name]
+    """A key of ppo.variants (`mpo`, `ppo_full`) or a chosen PPO ablation (`ppo_hard`, ...)."""
+    found = stages.stage(cfg, name)
+    if found.kind is not stages.PPO:
+        raise ValueError(f"{name!r} is not a PPO stage of these params (a key of ppo.variants, or a PPO ablation "
+                         "in `ablations`)")
+    return found.variant
 
 
 def ppo_spec(cfg, name: str) -> tuple[dict, list[str]]:
@@ -615,4 +615,4 @@ def ppo_spec(cfg, name: str) -> tuple[dict, list[str]]:
 def run_ppo(run: Run, name: str) -> dict:
     """Stage `name`: a key of ppo.variants or a PPO ablation."""
     variant = ppo_variant(run.cfg, name)
-    return run.run_stage(name, *ppo_spec(run.cfg, name), lambda out_dir: train_ppo(run, name, variant, out_dir))
+    return run.reuse_or_build(name, *ppo_spec(run.cfg, name), lambda out_dir: train_ppo(run, name, variant, out_dir))

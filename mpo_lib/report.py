@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from . import evaluation
+from . import evaluation, stages
 from .artifacts import Run
 from .resample import sizes_by_gamma
 
@@ -21,6 +21,12 @@ def markdown_table(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _margin(row: dict) -> str:
+    """A judge's win - lose rate and its 95% interval, e.g. '+27.1% [+6.2%, +45.8%]'."""
+    low, high = row["win_minus_lose_ci"]
+    return f"{row['win_minus_lose']:+.1%} [{low:+.1%}, {high:+.1%}]"
+
+
 def _percent_rows(results: dict) -> list[dict]:
     """Win/tie/lose tables (4, 5): rates as percentages, the paper's row in one cell."""
     rate = lambda v: None if v is None else f"{v:.1%}"
@@ -29,6 +35,7 @@ def _percent_rows(results: dict) -> list[dict]:
         paper = row.get("paper") or {}
         rows.append({"": name, **{k: rate(row.get(k)) for k in ("win", "tie", "lose")},
                      **({"position-consistent": rate(row["consistency"])} if "consistency" in row else {}),
+                     **({"win − lose (95% CI)": _margin(row)} if row.get("win_minus_lose_ci") else {}),
                      **{k: row[k] for k in ("kappa", "judged", "failures", "items", "annotators") if k in row},
                      "paper": ", ".join(f"{k} {v if k == 'kappa' else rate(v)}" for k, v in paper.items())})
     return rows
@@ -50,13 +57,19 @@ def tables(run: Run) -> str:
     parts += ["## Table 3: mean reward on held-out prompts (95% bootstrap interval)",
               ("The paper's rewards come from its own LLaMA-2-7B reward model: compare the order of the policies "
                "and the gaps between them, not absolute values.\n"), markdown_table(evaluation.table3(run)),
+              "## Paired differences: the comparisons the paper draws",
+              ("Each policy minus its baseline on the same prompts: the mean per-prompt reward difference and a "
+               "95% BCa interval that resamples prompts jointly. A difference is real only where 0 is outside "
+               "the interval; overlapping marginal intervals in Table 3 do not say that it is not.\n"),
+              markdown_table([{k: v for k, v in row.items() if k not in ("policy", "baseline")}
+                              for row in evaluation.paired_differences(run)]),
               "## Table 6: ablations", markdown_table(evaluation.table6(run)),
               "## Fig. 4: DPO and PPO trained on D^e, D^h or everything",
               ("![Fig. 4](figures/fig4_easy_hard_full.png)\n\nThe paper (HH-RLHF, γ = 2) quotes DPO on D^e 1.907 and on "
                "everything 1.859 (Section 4.2; Table 3 gives 1.499 for its DPO), and PPO best with every prompt.\n")]
     if judged:
         a, b = cfg.eval.compare
-        parts += [(f"## Table 4: pairwise judge, {evaluation.LABELS[a]} vs {evaluation.LABELS[b]} (both orders; "
+        parts += [(f"## Table 4: pairwise judge, {stages.label(a)} vs {stages.label(b)} (both orders; "
                    "a verdict that flips with the order is a tie)"), markdown_table(_percent_rows(judged))]
     human = evaluation.table5(run)
     parts += ["## Table 5: human evaluation", markdown_table(_percent_rows(human)) if human else

@@ -164,7 +164,7 @@ def run_resample(run: Run, train_rows: list[dict]) -> dict:
                 "new_tokens_per_second": round(result["new_tokens"] / result["seconds"], 1),
                 "reward_gap_mean": float(gaps.mean()), "reward_gap_median": float(np.median(gaps))}
 
-    return run.run_stage("resample", *resample_spec(cfg), build)
+    return run.reuse_or_build("resample", *resample_spec(cfg), build)
 
 
 def resample_spec(cfg) -> tuple[dict, list[str]]:
@@ -203,7 +203,7 @@ def run_split(run: Run) -> dict:
         write_json(out_dir / "hard.json", hard)
         return {"gamma": cfg.split.gamma, "prompts": len(pairs), "easy": len(easy), "hard": len(hard)}
 
-    return run.run_stage("split", *split_spec(cfg), build)
+    return run.reuse_or_build("split", *split_spec(cfg), build)
 
 
 def split_spec(cfg) -> tuple[dict, list[str]]:

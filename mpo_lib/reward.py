@@ -77,7 +77,7 @@ def run_reward(run: Run, train_rows: list[dict], heldout_rows: list[dict]) -> di
         return {"train_rows": len(parts["train"]), "train_rows_used": len(trainer.train_dataset),
                 "validation_rows": len(parts["test"]), **metrics}
 
-    return run.run_stage("rm", *rm_spec(cfg), build)
+    return run.reuse_or_build("rm", *rm_spec(cfg), build)
 
 
 def rm_spec(cfg) -> tuple[dict, list[str]]:

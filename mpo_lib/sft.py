@@ -28,7 +28,7 @@ def run_sft(run: Run, rows: list[dict]) -> dict:
         save_trained(trainer, out_dir, "base", run)
         return {"rows": len(rows), "rows_used": len(trainer.train_dataset), **metrics}
 
-    return run.run_stage("sft", *sft_spec(cfg), build)
+    return run.reuse_or_build("sft", *sft_spec(cfg), build)
 
 
 def sft_spec(cfg) -> tuple[dict, list[str]]:

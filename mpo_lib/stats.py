@@ -20,7 +20,7 @@ def run_data_stats(run: Run, splits: Splits) -> dict:
         return {"files": splits.report, "train_rows": len(splits.train), "heldout_rows": len(splits.heldout),
                 "token_lengths": summary}
 
-    return run.run_stage("data", *data_spec(run.cfg), build)
+    return run.reuse_or_build("data", *data_spec(run.cfg), build)
 
 
 def data_spec(cfg) -> tuple[dict, list[str]]:

@@ -2,6 +2,7 @@
 to resume from, and the loss curve kept as metrics."""
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 from pathlib import Path
@@ -9,8 +10,8 @@ from pathlib import Path
 import torch
 
 from .artifacts import announce_resume, write_json
-from .distributed import is_main_process
 from .config import Config, TrainConfig
+from .distributed import is_main_process
 from .models import save_stage_model
 from .zero import in_deepspeed_workers
 
@@ -58,10 +59,8 @@ def last_checkpoint(folder: Path) -> tuple[int, Path] | None:
     kill; it is removed, with the older ones, so that only the checkpoint resumed from remains."""
     complete = []
     for path in folder.glob("checkpoint-*"):
-        try:
+        with contextlib.suppress(OSError, ValueError, KeyError):
             complete.append((json.loads((path / "trainer_state.json").read_text())["global_step"], path))
-        except (OSError, ValueError, KeyError):
-            pass
     newest = max(complete, default=None)
     for path in folder.glob("checkpoint-*") if is_main_process() else ():
         if newest is None or path != newest[1]:

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from mpo_lib.bootstrap import mean_ci
+from mpo_lib.bootstrap import mean_ci, paired_difference_ci
 
 
 def test_interval_of_a_normal_mean_has_the_textbook_width():
@@ -16,10 +16,31 @@ def test_interval_is_reproducible_and_narrows_with_confidence():
     assert mean_ci(values, seed=3) == mean_ci(values, seed=3)
     _, low_90, high_90 = mean_ci(values, confidence=0.90)
     _, low_99, high_99 = mean_ci(values, confidence=0.99)
-    assert low_99 < low_90 < high_90 < high_99 and 0 <= low_99 and high_99 <= 1
+    assert low_99 < low_90 < high_90 < high_99 and low_99 >= 0 and high_99 <= 1
 
 
 def test_degenerate_inputs():
     assert mean_ci([0.5] * 10) == (0.5, 0.5, 0.5)
     with pytest.raises(ValueError, match="at least 2"):
         mean_ci([1.0])
+
+
+def test_paired_interval_excludes_zero_where_the_marginal_intervals_overlap():
+    """Prompts vary far more than the policies do: b is a plus a small gain on every prompt, so the
+    two marginal intervals overlap, while the paired one (prompts resampled jointly) excludes 0."""
+    rng = np.random.default_rng(5)
+    baseline = rng.normal(0.0, 1.0, size=100)
+    policy = baseline + 0.1 + rng.normal(0.0, 0.05, size=100)
+    _, policy_low, _ = mean_ci(policy, seed=0)
+    _, _, baseline_high = mean_ci(baseline, seed=0)
+    assert policy_low < baseline_high  # the marginal intervals overlap
+    mean, low, high = paired_difference_ci(policy, baseline, seed=0)
+    assert mean == pytest.approx(np.mean(policy - baseline)) and 0 < low < mean < high
+
+
+def test_paired_difference_of_a_hand_computed_case():
+    # differences 1, -1, 2, 0: mean 0.5; the interval lies within the differences' range and holds the mean
+    mean, low, high = paired_difference_ci([3.0, 1.0, 4.0, 2.0], [2.0, 2.0, 2.0, 2.0], seed=0)
+    assert mean == 0.5 and -1.0 <= low < 0.5 < high <= 2.0
+    with pytest.raises(ValueError, match="one value of each policy per prompt"):
+        paired_difference_ci([1.0, 2.0, 3.0], [1.0, 2.0])

@@ -1,3 +1,4 @@
+import re
 
 import pytest
 
@@ -26,8 +27,8 @@ def test_typo_names_file_key_and_nearest_key(tmp_path):
 
 
 def test_typo_inside_a_ppo_variant_is_found():
-    with pytest.raises(ConfigError, match="unknown key 'ppo.variants.mpo.refrence'; did you mean "
-                                          "'ppo.variants.mpo.reference'"):
+    with pytest.raises(ConfigError, match=re.escape("unknown key 'ppo.variants.mpo.refrence'; did you mean "
+                                                    "'ppo.variants.mpo.reference'")):
         load_config(SMOKE, {"ppo": {"variants": {"mpo": {"refrence": "sft"}}}})
 
 
@@ -57,7 +58,7 @@ def test_missing_data_folder_is_named(tmp_path):
 
 
 def test_missing_params_file():
-    with pytest.raises(ConfigError, match="params file not found: params/nope.yaml"):
+    with pytest.raises(ConfigError, match=re.escape("params file not found: params/nope.yaml")):
         load_config("params/nope.yaml")
 
 

@@ -5,9 +5,10 @@ import sys
 
 import pytest
 
-from conftest import ROOT
 from mpo_lib import ConfigError, load_config
 from mpo_lib.dryrun import architecture, dry_run
+
+from conftest import ROOT
 
 # Table 8 of the paper, transcribed as printed: (stage, parameter) -> (HH-RLHF, TL;DR)
 TABLE8 = {

@@ -5,14 +5,14 @@ import csv
 import json
 import shutil
 
-from conftest import ROOT, SECRET
-
 from mpo_lib import evaluation
-from mpo_lib.config import ABLATIONS
+from mpo_lib.stages import ABLATIONS, ablation_stages
+
+from conftest import ROOT, SECRET
 
 
 def test_ablations_are_the_stages_their_definitions_say(smoke_run):
-    for name in smoke_run.cfg.ablation_stages():
+    for name in ablation_stages(smoke_run.cfg):
         recorded = json.loads((smoke_run.stage_dir(name) / "config.json").read_text())
         assert recorded["settings"]["variant"] == ABLATIONS[name].model_dump()
         assert {ABLATIONS[name].init, ABLATIONS[name].reference} <= set(recorded["upstream"])
@@ -24,7 +24,7 @@ def test_ablations_are_the_stages_their_definitions_say(smoke_run):
 
 def test_every_policy_answers_the_same_prompts_and_gets_an_interval(smoke_run):
     policies = evaluation.policies(smoke_run)
-    assert len(policies) == 4 + len(smoke_run.cfg.ablation_stages())  # sft, dpo, mpo, ppo_full + ablations
+    assert len(policies) == 4 + len(ablation_stages(smoke_run.cfg))  # sft, dpo, mpo, ppo_full + ablations
     prompts = None
     for policy in policies:
         metrics = smoke_run.metrics(f"eval_{policy}")
@@ -37,9 +37,21 @@ def test_every_policy_answers_the_same_prompts_and_gets_an_interval(smoke_run):
     assert {r["subset"] for r in rows} == set(smoke_run.cfg.data.subsets)  # balanced over subsets
 
 
+def test_paired_differences_are_the_per_prompt_reward_differences(smoke_run):
+    rows = {(row["policy"], row["baseline"]): row for row in evaluation.paired_differences(smoke_run)}
+    assert ("mpo", "ppo_full") in rows and ("mpo", "sft") in rows and ("dpo", "dpo_full") in rows
+    ours, theirs = ([r["reward"] for r in evaluation.responses(smoke_run, name) if not r["case"]] for name in ("mpo", "sft"))
+    row = rows[("mpo", "sft")]
+    assert row["mean difference"] == round(sum(ours) / len(ours) - sum(theirs) / len(theirs), 3)
+    low, high = map(float, row["paired 95% CI"].strip("[]").split(", "))
+    assert low <= row["mean difference"] <= high and row["0 outside the interval"] == (low > 0 or high < 0)
+    assert row["comparison"] == "MPO − SFT" and row["prompts"] == smoke_run.cfg.eval.num_prompts
+
+
 def test_report_holds_every_table_and_the_paper_beside_the_run(smoke_run):
     report = (smoke_run.path / "report.md").read_text()
-    for title in ("Table 2", "Table 3", "Table 4", "Table 5", "Table 6", "Table 7", "Compute per stage"):
+    for title in ("Table 2", "Table 3", "Paired differences", "Table 4", "Table 5", "Table 6", "Table 7",
+                  "Compute per stage"):
         assert f"## {title}" in report
     assert (smoke_run.path / "report.html").read_text().count("<table>") >= 6
     assert (smoke_run.path / "figures" / "fig4_easy_hard_full.png").stat().st_size > 1000

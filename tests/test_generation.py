@@ -17,7 +17,7 @@ def stories():
 def test_near_greedy_sampling_matches_generate_with_left_padding():
     model, tokenizer = stories()
     torch.manual_seed(0)
-    ids, prompt_mask, prompt_length = sample_batch(model, tokenizer, PROMPTS, 2, 12, temperature=1e-4)
+    ids, prompt_mask, _prompt_length = sample_batch(model, tokenizer, PROMPTS, 2, 12, temperature=1e-4)
     tokenizer.padding_side = "left"
     batch = tokenizer(PROMPTS, return_tensors="pt", padding=True)
     expected = model.generate(**batch, do_sample=False, max_new_tokens=12, pad_token_id=tokenizer.pad_token_id)

@@ -1,5 +1,4 @@
 import pytest
-from conftest import SECRET, answer_by_quality, responses_of
 
 from mpo_lib.artifacts import write_json
 from mpo_lib.judge import (
@@ -12,6 +11,8 @@ from mpo_lib.judge import (
     judge_prompt,
     parse_scores,
 )
+
+from conftest import SECRET, answer_by_quality, responses_of
 
 
 @pytest.mark.parametrize("text, expected", [
@@ -76,7 +77,7 @@ def test_position_biased_judge_gives_only_ties_and_no_consistency(tmp_path):
     assert [r["outcome"] for r in result["records"]] == ["tie"] * 3
     assert result["records"][0]["verdicts"] == {"a_first": "win", "b_first": "lose"}
     assert result["summary"] == {"n": 3, "judged": 3, "failures": 0, "win": 0.0, "tie": 1.0, "lose": 0.0,
-                                 "consistency": 0.0}
+                                 "consistency": 0.0, "win_minus_lose": 0.0, "win_minus_lose_ci": [0.0, 0.0]}
 
 
 def test_consistent_judge_wins_loses_and_ties_in_both_orders(tmp_path):
@@ -85,6 +86,8 @@ def test_consistent_judge_wins_loses_and_ties_in_both_orders(tmp_path):
     assert [r["outcome"] for r in result["records"]] == ["win", "lose", "tie"]
     assert result["summary"]["consistency"] == 1.0
     assert result["summary"]["win"] == pytest.approx(1 / 3)
+    summary = result["summary"]  # outcomes +1, -1, 0: win - lose is 0, inside an interval within [-1, 1]
+    assert summary["win_minus_lose"] == 0.0 and -1 <= summary["win_minus_lose_ci"][0] <= 0 <= summary["win_minus_lose_ci"][1] <= 1
     assert len(judge.prompts) == 6  # both orders of each item
     assert responses_of(judge.prompts[0]) == ("a good answer", "a poor answer")
     assert responses_of(judge.prompts[1]) == ("a poor answer", "a good answer")
@@ -101,8 +104,9 @@ def test_unparsable_answers_are_retried_then_recorded_as_failures(tmp_path):
     assert failure["outcome"] == "failure" and failure["raw"]["a_first"] == ["I refuse."] * 3
     assert failure["scores"] == {"a_first": None, "b_first": (3.0, 9.0)}
     assert len(judge.prompts) == 3 + 1 + 2 * 2
-    assert result["summary"] == {"n": 3, "judged": 2, "failures": 1, "win": 0.0, "tie": 0.5, "lose": 0.5,
-                                 "consistency": 1.0}
+    summary = {k: v for k, v in result["summary"].items() if k != "win_minus_lose_ci"}
+    assert summary == {"n": 3, "judged": 2, "failures": 1, "win": 0.0, "tie": 0.5, "lose": 0.5, "consistency": 1.0,
+                       "win_minus_lose": -0.5}  # over the judged items only: a tie and a loss
 
 
 def test_cache_makes_a_rerun_free_and_identical(tmp_path):

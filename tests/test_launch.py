@@ -14,11 +14,12 @@ import pytest
 import yaml
 from safetensors.torch import load_file
 
-from conftest import LORA, ROOT, SMOKE
 from mpo_lib import Run, load_config
 from mpo_lib.artifacts import read_json
 from mpo_lib.launch import LaunchError, run_stage
 from mpo_lib.resample import load_pairs
+
+from conftest import LORA, ROOT, SMOKE
 
 
 def two_workers(deepspeed_config: str | None = None) -> dict:
@@ -228,7 +229,7 @@ def test_ppo_under_zero3_killed_after_a_checkpoint_resumes_as_the_one_process_ru
 def test_a_failing_worker_fails_the_caller_with_its_message(smoke_run, tmp_path):
     run = copy_of(smoke_run, tmp_path, TWO_WORKERS)
     with pytest.raises(LaunchError, match=r"stage no_such_stage: a launched worker failed \(exit \d+\): "
-                                          r"ValueError: no PPO stage 'no_such_stage'"):
+                                          r"ValueError: no stage 'no_such_stage' in these params"):
         run_stage(run, "no_such_stage")
 
 

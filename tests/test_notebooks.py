@@ -7,8 +7,9 @@ import shutil
 import nbformat
 import pytest
 
-from conftest import ROOT
 from mpo_lib.resample import sizes_by_gamma
+
+from conftest import ROOT
 
 
 def test_data_counts(smoke_run):

@@ -1,12 +1,12 @@
 """benchmarks/offline_bundle.py: what travels to a machine without internet."""
 import sys
 
-from conftest import ROOT, SMOKE
-
 from mpo_lib import load_config
 
+from conftest import ROOT, SMOKE
+
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from offline_bundle import HF_STACK, canonical, packages_to_carry  # noqa: E402
+from offline_bundle import HF_STACK, canonical, packages_to_carry
 
 
 def test_the_bundle_carries_what_the_target_lacks_and_the_hugging_face_stack_always():

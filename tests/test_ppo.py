@@ -1,12 +1,22 @@
 """The kit's PPO: the objective against hand-computed values, and the roles it trains with."""
 import math
+import re
 
 import pytest
 import torch
 
-from mpo_lib.ppo import (PPOFault, advantages_and_returns, build_roles, per_token_rewards, policy_loss,
-                         response_mask, token_logprobs, token_values, value_loss)
 from mpo_lib.config import PPOVariant
+from mpo_lib.ppo import (
+    PPOFault,
+    advantages_and_returns,
+    build_roles,
+    per_token_rewards,
+    policy_loss,
+    response_mask,
+    token_logprobs,
+    token_values,
+    value_loss,
+)
 
 
 def test_per_token_reward_is_kl_penalty_plus_clipped_score_at_the_last_token():
@@ -39,7 +49,7 @@ def test_clipped_policy_loss_on_a_constructed_batch():
     old = torch.zeros(1, 3)
     new = torch.log(torch.tensor([[1.5, 0.5, 1.5]]))
     advantages = torch.tensor([[1.0, 1.0, -1.0]])
-    loss, ratio, clip_fraction = policy_loss(new, old, advantages, torch.ones(1, 3), cliprange=0.2)
+    loss, _ratio, clip_fraction = policy_loss(new, old, advantages, torch.ones(1, 3), cliprange=0.2)
     # per token max(-A r, -A clip(r)): max(-1.5, -1.2) = -1.2; max(-0.5, -0.8) = -0.5; max(1.5, 1.2) = 1.5
     assert loss.item() == pytest.approx((-1.2 - 0.5 + 1.5) / 3)
     assert clip_fraction.item() == 1.0
@@ -133,8 +143,9 @@ def test_stage_adapters_stay_fixed_in_training_mode(lora_run, tmp_path):
     import json
     import shutil
 
-    from conftest import LORA, SMOKE
     from mpo_lib import Run, load_config
+
+    from conftest import LORA, SMOKE
 
     shutil.copytree(lora_run.path, tmp_path / "run")
     run = Run(load_config(SMOKE, LORA), tmp_path / "run")
@@ -157,7 +168,7 @@ def test_non_finite_loss_stops_with_the_step(lora_run, tmp_path):
     trainer = Trainer(lora_run, variant, build_roles(lora_run, variant), tmp_path)
     with pytest.raises(PPOFault, match="PPO step 7: the loss is nan; no checkpoint was written yet"):
         trainer._check(torch.tensor(float("nan")), None, step=7)
-    with pytest.raises(PPOFault, match="PPO step 3: probability ratio 50 exceeds ppo.max_ratio=10"):
+    with pytest.raises(PPOFault, match=re.escape("PPO step 3: probability ratio 50 exceeds ppo.max_ratio=10")):
         trainer._check(torch.tensor(0.1), 50.0, step=3)
 
 
@@ -177,7 +188,7 @@ def test_micro_batches_accumulate_to_the_mini_batch_gradient(lora_run, tmp_path)
             batch["mask"][0, 5:] = batch["mask"][2, 10:] = 0  # responses of different lengths: the
             # per-token weighting across micro-batches matters
         seen = {}
-        trainer._step = lambda role: seen.update({
+        trainer._step = lambda role, seen=seen, trainer=trainer: seen.update({
             f"{role}.{n}": p.grad.clone() for n, p in trainer.roles.trainable[role].items() if p.grad is not None})
         torch.manual_seed(1)
         trainer.update(batch, step=1)

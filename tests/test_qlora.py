@@ -3,12 +3,12 @@ AdamW) through notebooks 00-05 on the smoke data and tiny model. bitsandbytes ru
 on CPU too; only the paging falls back to ordinary memory."""
 import yaml
 
-from conftest import ROOT, SMOKE
-
 from mpo_lib import Run, load_config
 from mpo_lib.artifacts import read_json
 from mpo_lib.models import load_stage_model
 from mpo_lib.pipeline import run_pipeline
+
+from conftest import ROOT, SMOKE
 
 
 def test_the_qlora_layout_trains_every_stage_through_ppo_on_a_4bit_base(tmp_path):

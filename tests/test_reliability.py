@@ -20,10 +20,11 @@ import subprocess
 import sys
 
 import pytest
-from conftest import LORA, ROOT, SMOKE
 
 from mpo_lib import ConfigError, Run, load_config
 from mpo_lib.artifacts import DiskFull, read_json
+
+from conftest import LORA, ROOT, SMOKE
 
 # A stage in a child process that stops for good after its first checkpoint, so the parent kills
 # it at a known step: TRL stages through a callback, PPO by wrapping its checkpoint writer.
@@ -201,7 +202,7 @@ def toy_stage(run: Run, value: int, build=None) -> dict:
     def write(out_dir):
         (out_dir / "result.txt").write_text(str(value))
         return {"value": value}
-    return run.run_stage("toy", {"value": value}, [], build or write)
+    return run.reuse_or_build("toy", {"value": value}, [], build or write)
 
 
 def test_a_partial_of_another_config_is_wiped_one_of_the_same_keeps_only_its_checkpoints(tmp_path):
@@ -391,22 +392,38 @@ def test_git_strips_notebook_outputs_with_the_repositorys_filter(tmp_path):
 
 # ---------------------------------------------------------------------------- lineage
 
+DPO_BETA_RERUNS = {"dpo", "dpo_full", "dpo_hard", "dpo_base", "mpo_reverse", "mpo_reverse_sft",  # DPO stages
+                   "mpo", "mpo_sft_kl"}  # PPO from the DPO model
+
+
 def test_the_plan_names_exactly_the_stages_a_params_change_reruns_and_why(smoke_run):
-    from mpo_lib.data import load_preferences
     from mpo_lib.lineage import plan
 
-    splits = load_preferences(smoke_run.cfg)
-    planned = plan(smoke_run, splits)
+    planned = plan(smoke_run)
     assert {row["action"] for row in planned} == {"reuse"}  # the hashes the stages recorded
     finished = {p.parent.name for p in smoke_run.path.glob("*/COMPLETE") if "." not in p.parent.name}
     assert {row["stage"] for row in planned} == finished
     changed = Run(load_config(SMOKE, {"dpo": {"beta": 0.2}}), smoke_run.path)
-    rows = {row["stage"]: row for row in plan(changed, splits)}
-    dpo_stages = {"dpo", "dpo_full", "dpo_hard", "dpo_base", "mpo_reverse", "mpo_reverse_sft"}
-    downstream = {"mpo", "mpo_sft_kl"}  # PPO from the DPO model
-    rerun = dpo_stages | downstream
+    rows = {row["stage"]: row for row in plan(changed)}
+    rerun = DPO_BETA_RERUNS
     assert {s for s, row in rows.items() if row["action"] != "reuse"} == rerun | {f"eval_{s}" for s in rerun}
     assert rows["dpo"]["why"] == "settings changed: dpo.beta"
     assert rows["mpo"]["why"] == "dpo re-runs"
     assert rows["eval_mpo"]["why"] == "mpo re-runs"
     assert rows["ppo_full"]["action"] == rows["split"]["action"] == "reuse"
+
+
+def test_set_on_the_command_line_plans_what_the_same_override_would(smoke_run, tmp_path):
+    """`--set dpo.beta=0.2 --plan` from another folder: the re-runs of the mapping override above; a
+    mistyped key fails in one line naming the nearest valid key."""
+    command = [sys.executable, "-m", "mpo_lib", "pipeline", "--params", str(SMOKE), "--run-dir", str(smoke_run.path),
+               "--plan", "--set"]
+    result = subprocess.run([*command, "dpo.beta=0.2"], cwd=tmp_path, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    actions = dict(line.split()[1:3] for line in result.stdout.splitlines() if line.startswith("plan: "))
+    assert {stage for stage, action in actions.items() if action != "reuse"} == (
+        DPO_BETA_RERUNS | {f"eval_{s}" for s in DPO_BETA_RERUNS})
+    assert "plan: dpo" in result.stdout and "settings changed: dpo.beta" in result.stdout
+    typo = subprocess.run([*command, "dpo.betta=0.2"], cwd=tmp_path, capture_output=True, text=True)
+    assert typo.returncode == 2 and typo.stdout == ""
+    assert typo.stderr.strip() == f"error: {SMOKE} (with overrides): unknown key 'dpo.betta'; did you mean 'dpo.beta'?"
