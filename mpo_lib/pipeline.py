@@ -87,6 +87,10 @@ def execute_notebooks(run: Run, params_file: str, until: str | None, overrides: 
             print(f"[{index}/{len(selected)}] {notebook.name} done in {time.time() - started:.0f}s", flush=True)
 
 
+# the policies Table 3 compares: the summary prints their paired differences
+TABLE3_POLICIES = {"sft", "dpo_base", "dpo_full", "dpo", "ppo_full", "mpo"}
+
+
 def summary(run: Run) -> list[str]:
     """The headline numbers of the finished stages, one line each."""
     lines = []
@@ -117,10 +121,16 @@ def summary(run: Run) -> list[str]:
         paper = row["paper (table3)"]
         lines.append(f"Table 3, {row['policy']}: reward {row['reward']:+.3f} {row['95% CI']} on {row['prompts']} "
                      f"held-out prompts" + (f" (paper: {paper})" if paper is not None else ""))
+    for row in evaluation.paired_differences(run):
+        if {row["policy"], row["baseline"]} <= TABLE3_POLICIES:
+            verdict = "0 outside: a real difference" if row["0 outside the interval"] else "0 inside: not shown to differ"
+            lines.append(f"paired, {row['comparison']}: {row['mean difference']:+.3f} {row['paired 95% CI']} ({verdict})")
     for kind, result in evaluation.judge_summaries(run).items():
         if not result["judged"]:
             lines.append(f"Table 4 ({kind} judge): no item judged ({result['failures']} failures)")
             continue
         lines.append(f"Table 4 ({kind} judge), {' vs '.join(run.cfg.eval.compare)}: win {result['win']:.1%} "
-                     f"tie {result['tie']:.1%} lose {result['lose']:.1%}, position-consistent {result['consistency']:.1%}")
+                     f"tie {result['tie']:.1%} lose {result['lose']:.1%}, position-consistent {result['consistency']:.1%}"
+                     + (f"; win - lose {result['win_minus_lose']:+.1%} [{result['win_minus_lose_ci'][0]:+.1%}, "
+                        f"{result['win_minus_lose_ci'][1]:+.1%}]" if result.get("win_minus_lose_ci") else ""))
     return lines

@@ -14,8 +14,13 @@ def markdown_table(rows: list[dict]) -> str:
     if not rows:
         return "_(nothing to show: the stages have not run)_\n"
     columns = list(dict.fromkeys(key for row in rows for key in row))
-    cell = lambda value: "" if value is None else (f"{value:.3f}" if isinstance(value, float) else str(value)) \
-        .replace("|", "\\|").replace("\n", "<br>")
+    def cell(value) -> str:
+        if value is None:
+            return ""
+        text = {True: "yes", False: "no"}[value] if isinstance(value, bool) else \
+            f"{value:.3f}" if isinstance(value, float) else str(value)
+        return text.replace("|", "\\|").replace("\n", "<br>")
+
     lines = ["| " + " | ".join(map(cell, columns)) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(cell(row.get(c)) for c in columns) + " |" for row in rows]
     return "\n".join(lines) + "\n"
