@@ -56,7 +56,7 @@ def run_reward(run: Run, train_rows: list[dict], heldout_rows: list[dict]) -> di
         parts = data.train_test_split(test_size=cfg.rm.eval_fraction, seed=cfg.seed)
         args = trainer_args(RewardConfig, cfg, cfg.rm, out_dir, eval_strategy="no")  # first: see trainer_args
         trainer = RewardTrainer(
-            model=load_stage_model(run, "base", head="score", dtype=weights_dtype(cfg)), args=args,
+            model=untrained_reward_model(run), args=args,
             train_dataset=parts["train"], processing_class=tokenizer,
             peft_config=lora_config(cfg, "SEQ_CLS"))
         metrics = train_and_summarise(trainer, out_dir)
@@ -78,6 +78,13 @@ def run_reward(run: Run, train_rows: list[dict], heldout_rows: list[dict]) -> di
                 "validation_rows": len(parts["test"]), **metrics}
 
     return run.reuse_or_build("rm", *rm_spec(cfg), build)
+
+
+def untrained_reward_model(run: Run):
+    """The base model with a fresh score head, drawn from the params' seed: the head is the only
+    randomly initialised part of the RM, and it would otherwise come from whatever the process drew before."""
+    torch.manual_seed(run.cfg.seed)
+    return load_stage_model(run, "base", head="score", dtype=weights_dtype(run.cfg))
 
 
 def rm_spec(cfg) -> tuple[dict, list[str]]:

@@ -35,6 +35,18 @@ def test_reward_loss_is_bradley_terry(tiny_run, tmp_path):
     assert loss == pytest.approx(by_hand, rel=1e-5)
 
 
+def test_reward_models_score_head_is_drawn_from_the_params_seed(tiny_run):
+    """The RM's only random part, its score head, is the same in two runs with one seed, whatever the
+    process drew before, and differs with another seed."""
+    from mpo_lib.reward import untrained_reward_model
+
+    first = untrained_reward_model(tiny_run).score.weight.detach().clone()
+    torch.rand(1000)  # the process's random state moves on
+    assert torch.equal(untrained_reward_model(tiny_run).score.weight, first)
+    other = tiny_run.__class__(tiny_run.cfg.model_copy(update={"seed": tiny_run.cfg.seed + 1}), tiny_run.path)
+    assert not torch.equal(untrained_reward_model(other).score.weight, first)
+
+
 def completion_logps(model, batch):
     """Sum of log p(token) over completion tokens, computed directly from the logits."""
     with torch.no_grad():
