@@ -16,6 +16,7 @@ from . import stages
 from .artifacts import Run
 from .config import DPOVariant
 from .data import fit_row
+from .launch import run_stage
 from .models import load_stage_model, load_tokenizer, lora_config
 from .resample import load_pairs, load_split, split_by_gap
 from .training import save_trained, train_and_summarise, trainer_args, weights_dtype
@@ -83,3 +84,9 @@ def dpo_spec(run: Run, name: str) -> tuple[dict, list[str]]:
                 "lora": cfg.model.lora and cfg.model.lora.model_dump(), "bf16": cfg.model.bf16, "seed": cfg.seed,
                 "data": cfg.data.model_dump(exclude={"data_dir"}), **cfg.workers()}
     return settings, sorted({variant.init, variant.reference, *PAIR_SOURCES[variant.data]})
+
+
+def train(run: Run, name: str = "dpo") -> dict:
+    """Eq. 2: DPO, loss -log sigmoid(beta log pi(y_w|x)/pi_ref(y_w|x) - beta log pi(y_l|x)/pi_ref(y_l|x));
+    `dpo` is MPO's first stage (D^e, from and against pi^SFT), any other name a DPO ablation."""
+    return run_stage(run, name)

@@ -23,6 +23,7 @@ from .artifacts import Run, config_hash, read_json, write_json
 from .bootstrap import mean_ci, paired_difference_ci
 from .data import truncate_prompt
 from .distributed import is_main_process
+from .launch import run_stage
 from .models import device, load_stage_model, load_tokenizer, to_device
 from .resample import sample_and_score
 from .reward import score
@@ -365,3 +366,8 @@ def mpo_vs_ppo_compute(run: Run) -> dict | None:
     mpo, ppo = ("resample", "dpo", "mpo"), ("ppo_full",)
     return {name: {key: total(stages, key) for key in ("samples seen", "tokens generated", "wall-clock s")}
             for name, stages in (("MPO (resample + DPO + PPO on D^h)", mpo), ("PPO (all prompts)", ppo))}
+
+
+def evaluate(run: Run, policy: str) -> dict:
+    """Stage eval_<policy>: its answers to the eval prompts, scored by the run's RM (Table 3's row)."""
+    return run_stage(run, f"eval_{policy}")

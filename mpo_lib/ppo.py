@@ -58,6 +58,7 @@ from .artifacts import Run, announce_resume, read_json
 from .config import PPOVariant
 from .data import truncate_prompt
 from .distributed import all_gather, all_reduce, is_main_process, rank_and_world
+from .launch import run_stage
 from .models import device, load_stage_model, load_tokenizer, lora_config, save_stage_model, to_device
 from .resample import decode_responses, load_pairs, load_split, positions, sample_batch
 from .reward import score
@@ -616,3 +617,9 @@ def run_ppo(run: Run, name: str) -> dict:
     """Stage `name`: a key of ppo.variants or a PPO ablation."""
     variant = ppo_variant(run.cfg, name)
     return run.reuse_or_build(name, *ppo_spec(run.cfg, name), lambda out_dir: train_ppo(run, name, variant, out_dir))
+
+
+def train(run: Run, name: str) -> dict:
+    """Eq. 3: PPO maximising r(x, y) - beta KL(pi || pi_ref) per token; `mpo` is MPO's second stage (D^h,
+    init = ref = pi^DPO), `ppo_full` vanilla PPO (every prompt, init = ref = pi^SFT)."""
+    return run_stage(run, name)

@@ -23,6 +23,7 @@ from .artifacts import Run, read_json, write_json
 from .config import ConfigError
 from .data import truncate_prompt
 from .distributed import gather_objects, rank_and_world
+from .launch import run_stage
 from .models import DTYPES, load_stage_model, load_tokenizer, to_device
 from .reward import score
 
@@ -235,3 +236,14 @@ def empty_split_message(gamma: float, pairs: list[dict], easy: int, hard: int) -
 def load_split(run: Run, side: str) -> list[dict]:
     """D^e ("easy") or D^h ("hard") of the run's split stage."""
     return read_json(run.require("split") / f"{side}.json")
+
+
+def sample_pairs(run: Run) -> dict:
+    """Algorithm 1, lines 3-4: two responses out1, out2 ~ pi^SFT(.|x) per training prompt, each scored by the RM."""
+    return run_stage(run, "resample")
+
+
+def split(run: Run) -> dict:
+    """Algorithm 1, lines 5-7: |score1 - score2| > gamma (the algorithm's theta; split.gamma) puts
+    (x, preferred, dispreferred) in D^e, else x goes to D^h."""
+    return run_stage(run, "split")

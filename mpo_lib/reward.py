@@ -10,6 +10,7 @@ import torch
 
 from .artifacts import Run, write_json
 from .data import fit_row, truncate_prompt
+from .launch import run_stage
 from .models import is_adapter, load_stage_model, load_tokenizer, lora_config
 from .training import save_trained, train_and_summarise, trainer_args, weights_dtype
 
@@ -112,3 +113,8 @@ def heldout_accuracy(chosen_scores, rejected_scores, rows) -> dict:
         }
     return report
 
+
+def train(run: Run) -> dict:
+    """Eq. 1: the Bradley-Terry reward model, loss -log sigmoid(r(x, y_w) - r(x, y_l)); in this process or
+    on launched workers (params: launch). A finished stage with these settings is reused."""
+    return run_stage(run, "rm")

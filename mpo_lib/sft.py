@@ -9,6 +9,7 @@ from trl import SFTConfig, SFTTrainer
 
 from .artifacts import Run
 from .data import fit_row
+from .launch import run_stage
 from .models import load_stage_model, load_tokenizer, lora_config
 from .training import save_trained, train_and_summarise, trainer_args, weights_dtype
 
@@ -35,3 +36,9 @@ def sft_spec(cfg) -> tuple[dict, list[str]]:
     return {"sft": cfg.sft.model_dump(), "lora": cfg.model.lora and cfg.model.lora.model_dump(),
             "bf16": cfg.model.bf16, "data": cfg.data.model_dump(exclude={"data_dir"}), "seed": cfg.seed,
             **cfg.workers()}, ["base"]
+
+
+def train(run: Run) -> dict:
+    """§3.1: pi^SFT, fine-tuned on the chosen responses (TL;DR: the reference summaries); in this
+    process or on launched workers (params: launch). A finished stage with these settings is reused."""
+    return run_stage(run, "sft")
