@@ -5,7 +5,7 @@ export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: run smoke test test-fast lint lab benchmark clean-runs
+.PHONY: run smoke test test-fast lint lab benchmark
 
 .venv/installed: requirements.txt pyproject.toml
 	python3 -m venv .venv

@@ -1,6 +1,8 @@
-"""MPO reproduction kit: the thin library the notebooks call. One module per concern:
-config (params), data, models, artifacts (run directory), one module per stage
-(stats, sft, reward, resample, dpo), figures, pipeline (papermill) and the CLI."""
+"""MPO reproduction kit: the thin library the notebooks call. One module per concern: config
+(params), data, models, artifacts (the run directory), stages (the registry of every stage), launch
+(in the kernel or on launched workers), one module per stage kind (stats, sft, reward, resample,
+dpo, ppo, ablations, evaluation), bootstrap (intervals), judge and human_eval, figures, report,
+pipeline (papermill) and the CLI (docs/architecture.md)."""
 import sys
 
 # peft imports bitsandbytes whenever it is installed (~120 MB resident and a second in every process):

@@ -2,7 +2,7 @@
 ablations, the eval_<policy> generations) runs: in the notebook's kernel, or under `accelerate launch`.
 With launch.generation_backend: vllm, resample and eval_<policy> run in the kernel through vLLM.
 
-A notebook cell calls `launch.run_stage(run, "dpo")` whatever the params say; the stage registry
+A notebook cell calls `dpo.train(run)`, that is `launch.run_stage(run, "dpo")`, whatever the params say; the stage registry
 (mpo_lib.stages) says what the stage is and how it is built. With
 launch.num_processes = 1 the stage runs in-process. With more, the run's resolved params are
 written to <run>/launch/<stage>.yaml and the stage runs as
