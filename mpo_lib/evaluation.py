@@ -195,26 +195,52 @@ FIG4 = {"DPO": {"easy": "dpo", "hard": "dpo_hard", "full": "dpo_full"},
 
 
 def plot_fig4(run: Run):
-    """Fig. 4: test reward of DPO and PPO trained from SFT on D^e, D^h and everything (95% intervals)."""
+    """Fig. 4: test reward of DPO and PPO trained from SFT on D^e, D^h and everything, as points with
+    their 95% intervals: the RM's scale has no meaningful zero, so bars from 0 would mislead."""
     import matplotlib.pyplot as plt
-    from matplotlib.patches import Patch
 
     fig, ax = plt.subplots(figsize=(5.5, 3.4))
-    for offset, color, trained_on in zip((-0.2, 0.2), ("#4c72b0", "#dd8452"), FIG4.values()):
+    for offset, color, (method, trained_on) in zip((-0.12, 0.12), ("#4c72b0", "#dd8452"), FIG4.items()):
+        label = method  # on the method's first point only
         for x, stage in enumerate(trained_on.values()):
-            if not run.is_complete(f"eval_{stage}"):
-                ax.text(x + offset, 0, "not run", rotation=90, ha="center", va="bottom", fontsize=7)
+            if not run.is_complete(f"eval_{stage}"):  # at the foot of the axes, clear of the title and the points
+                ax.text(x + offset, 0.03, "not run", rotation=90, ha="center", va="bottom", fontsize=7, color=color,
+                        transform=ax.get_xaxis_transform())
                 continue
             m = run.metrics(f"eval_{stage}")
-            ax.bar(x + offset, m["reward_mean"], 0.4, color=color, capsize=3,
-                   yerr=[[m["reward_mean"] - m["ci_low"]], [m["ci_high"] - m["reward_mean"]]])
-    ax.legend(handles=[Patch(color=c, label=m) for c, m in zip(("#4c72b0", "#dd8452"), FIG4)], fontsize=8)
-    ax.axhline(0, color="grey", lw=0.5)
+            ax.errorbar(x + offset, m["reward_mean"], fmt="o", color=color, capsize=3,
+                        yerr=[[m["reward_mean"] - m["ci_low"]], [m["ci_high"] - m["reward_mean"]]], label=label)
+            label = None
+    ax.legend(fontsize=8)
+    ax.set_xlim(-0.5, 2.5)
     ax.set_xticks(range(3), ["easy (D^e)", "hard (D^h)", "full"])
     ax.set_ylabel("mean test reward")
     ax.set_title(f"Fig. 4: trained on easy / hard / full (γ={run.cfg.split.gamma:g})", fontsize=10)
     fig.tight_layout()
     path = run.figure_path("fig4_easy_hard_full.png")
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_paired_differences(run: Run):
+    """Each comparison of paired_differences: the mean per-prompt difference and its paired 95% interval,
+    against the line at 0 (green: 0 outside the interval)."""
+    import matplotlib.pyplot as plt
+
+    rows = paired_differences(run)
+    fig, ax = plt.subplots(figsize=(7, 1.1 + 0.32 * max(1, len(rows))))
+    for y, row in enumerate(reversed(rows)):
+        low, high = map(float, row["paired 95% CI"].strip("[]").split(", "))
+        color = "#2a9d4b" if row["0 outside the interval"] else "#777777"
+        ax.errorbar(row["mean difference"], y, xerr=[[row["mean difference"] - low], [high - row["mean difference"]]],
+                    fmt="o", color=color, capsize=3)
+    ax.axvline(0, color="black", lw=0.8)
+    ax.set_yticks(range(len(rows)), [row["comparison"] for row in reversed(rows)], fontsize=8)
+    ax.set_xlabel(f"mean reward difference, {rows[0]['prompts'] if rows else 0} shared prompts (paired 95% CI)")
+    ax.set_title("Paired differences (green: 0 outside the interval)", fontsize=10)
+    fig.tight_layout()
+    path = run.figure_path("paired_differences.png")
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path

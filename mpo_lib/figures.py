@@ -1,5 +1,5 @@
-"""Fig. 2 of the paper from a run: RM precision per reward-difference bin (left) and resampled
-pairs per reward-difference bin (right)."""
+"""Fig. 2 of the paper from a run (RM precision per reward-difference bin, left; resampled pairs per
+reward-difference bin, right), token-length histograms and the training curves."""
 from __future__ import annotations
 
 import itertools
@@ -90,13 +90,27 @@ def plot_token_lengths(run: Run):
     return path
 
 
+def smoothed(values: list[float]) -> np.ndarray:
+    """An exponential moving average with a half-life of a tenth of the curve, bias-corrected at the
+    start (pandas' adjust=True): per-step losses of small batches are mostly noise."""
+    import pandas as pd
+    return pd.Series(values, dtype=float).ewm(halflife=max(1.0, len(values) / 10)).mean().to_numpy()
+
+
+def _curve(ax, steps: list, values: list[float], label: str | None = None) -> None:
+    """The raw per-step values, faint, under their smoothed curve."""
+    line, = ax.plot(steps, values, alpha=0.3, lw=1)
+    ax.plot(steps, smoothed(values), color=line.get_color(), lw=2, label=label)
+
+
 def plot_training_curves(run: Run, stage: str, keys: list[str]):
-    """Per-step training curves of a TRL stage, from its log_history.json."""
+    """Per-step training curves of a TRL stage, from its log_history.json (raw faint, smoothed bold)."""
     history = read_json(run.require(stage) / "log_history.json")
     fig, axes = plt.subplots(1, len(keys), figsize=(4.5 * len(keys), 3.2), squeeze=False)
     for ax, key in zip(axes[0], keys):
         points = [(entry["step"], entry[key]) for entry in history if key in entry]
-        ax.plot(*zip(*points), marker=".") if points else None
+        if points:
+            _curve(ax, *map(list, zip(*points)))
         ax.set_xlabel("optimizer step")
         ax.set_ylabel(key)
     fig.suptitle(stage, fontsize=10)
@@ -108,12 +122,12 @@ def plot_training_curves(run: Run, stage: str, keys: list[str]):
 
 
 def plot_ppo_curves(run: Run, stages: list[str], keys=("reward_mean", "kl_to_reference")):
-    """Reward and KL-to-reference per PPO step, one line per PPO stage (notebook 05)."""
+    """Reward and KL-to-reference per PPO step, one line per PPO stage (raw faint, smoothed bold; notebook 05)."""
     fig, axes = plt.subplots(1, len(keys), figsize=(4.8 * len(keys), 3.3), squeeze=False)
     for stage in stages:
         steps = read_json(run.require(stage) / "steps.json")
         for ax, key in zip(axes[0], keys):
-            ax.plot([s["step"] for s in steps], [s[key] for s in steps], marker=".", label=stage)
+            _curve(ax, [s["step"] for s in steps], [s[key] for s in steps], label=stage)
     for ax, key in zip(axes[0], keys):
         ax.set_xlabel("PPO step")
         ax.set_ylabel(key)
