@@ -165,7 +165,7 @@ class PPOConfig(_Section):
     critic_lr: float = Field(gt=0)
     actor_weight_decay: float = Field(0.0, ge=0)
     critic_weight_decay: float = Field(0.0, ge=0)
-    warmup_steps: int = Field(0, ge=0)
+    warmup_steps: int = Field(0, ge=0, description="optimizer steps of linear warm-up (ppo_epochs x mini-batches per step)")
     init_kl_coef: float = Field(0.4, ge=0)  # Table 8: 0.4 HH, 0.1 TL;DR
     clip_reward_value: float = Field(5.0, gt=0)
     cliprange: float = Field(0.2, gt=0)

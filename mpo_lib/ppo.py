@@ -11,8 +11,9 @@ results are comparable:
 - GAE with gamma = 1, lambda = 0.95; returns = advantages + values; advantages are not whitened.
 - Actor: clipped surrogate (cliprange 0.2), token-mean over the response. Critic: clipped value
   loss (cliprange_value 0.2), 0.5 * max of the squared errors. Separate AdamW optimizers, learning
-  rates and weight decay for actor and critic, cosine schedule with warm-up (DeepSpeed-Chat's
-  default); one PPO epoch per rollout batch by default.
+  rates and weight decay for actor and critic, with DeepSpeed-Chat's betas (0.9, 0.95) and no decay on
+  biases and norm weights; a cosine schedule with warm-up (DeepSpeed-Chat's default) stepped with
+  every optimizer step; one PPO epoch per rollout batch by default.
 - The critic starts from the reward model. Reward normalisation (running mean/std) is off by default.
 
 Roles and memory. With LoRA every stage is an adapter over the pretrained base (SFT, DPO and the
@@ -47,6 +48,7 @@ import os
 import random
 import shutil
 import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -284,6 +286,41 @@ def prompt_source(variant: PPOVariant) -> str:
     return "resample" if variant.prompts == "all" else "split"
 
 
+# DeepSpeed-Chat's optimizers (dschat/utils/utils.py get_optimizer_grouped_parameters, rlhf_engine.py):
+# AdamW with betas (0.9, 0.95); no weight decay on biases and norm weights
+ADAM_BETAS = (0.9, 0.95)
+NO_DECAY = ("bias", "layer_norm.weight", "layernorm.weight", "norm.weight", "ln_f.weight")
+
+
+def optimizer_groups(params: dict, weight_decay: float) -> list[dict]:
+    """AdamW parameter groups: weight decay on every trainable weight but biases and norm weights."""
+    exempt = lambda name: any(part in name.lower() for part in NO_DECAY)
+    groups = [{"params": [p for n, p in params.items() if not exempt(n)], "weight_decay": weight_decay},
+              {"params": [p for n, p in params.items() if exempt(n)], "weight_decay": 0.0}]
+    return [group for group in groups if group["params"]]
+
+
+def updates_per_step(spec) -> int:
+    """Optimizer steps per PPO step: every mini-batch of the rollout batch, in each PPO epoch."""
+    return spec.ppo_epochs * (spec.rollout_batch_size // spec.mini_batch_size)
+
+
+@dataclass
+class RunningMoments:
+    """The running mean and variance of every RM score seen so far (Welford), for normalize_reward."""
+    mean: float = 0.0
+    var: float = 1.0
+    count: int = 0
+
+    def normalise(self, scores: torch.Tensor) -> torch.Tensor:
+        for value in all_gather(scores).tolist():  # over every worker's scores
+            self.count += 1
+            delta = value - self.mean
+            self.mean += delta / self.count
+            self.var += (delta * (value - self.mean) - self.var) / self.count
+        return (scores - self.mean) / math.sqrt(self.var + 1e-8)
+
+
 class Trainer:
     """One PPO variant: rollout, score, GAE, clipped updates; metrics per step."""
 
@@ -293,20 +330,22 @@ class Trainer:
         self.run, self.cfg, self.spec, self.roles, self.out_dir = run, run.cfg, run.cfg.ppo, roles, out_dir
         self.tokenizer = load_tokenizer(run)
         self.kl_coef = self.spec.init_kl_coef
-        self.score_stats = [0.0, 1.0, 0]  # running mean, variance, count (normalize_reward)
-        self.optimizers, self.schedulers = [], []
-        for role, lr, decay in (("policy", self.spec.actor_lr, self.spec.actor_weight_decay),
-                                ("critic", self.spec.critic_lr, self.spec.critic_weight_decay)):
-            optimizer = torch.optim.AdamW(list(roles.trainable[role].values()), lr=lr, weight_decay=decay)
-            self.optimizers.append(optimizer)
-            self.schedulers.append(get_scheduler("cosine", optimizer, self.spec.warmup_steps, self.spec.max_steps))
+        self.reward_moments = RunningMoments()
+        self.optimizers = {
+            role: torch.optim.AdamW(optimizer_groups(roles.trainable[role], decay), lr=lr, betas=ADAM_BETAS)
+            for role, lr, decay in (("policy", self.spec.actor_lr, self.spec.actor_weight_decay),
+                                    ("critic", self.spec.critic_lr, self.spec.critic_weight_decay))}
+        # stepped with each optimizer step, as DeepSpeed-Chat's engines step theirs: warmup_steps counts those
+        total = self.spec.max_steps * updates_per_step(self.spec)
+        self.schedulers = {role: get_scheduler("cosine", optimizer, self.spec.warmup_steps, total)
+                           for role, optimizer in self.optimizers.items()}
         self.autocast = torch.autocast(device().type, dtype=torch.bfloat16, enabled=self.cfg.model.bf16)
         if self.spec.gradient_checkpointing:  # active in train() mode only: rollouts are unaffected
             for model in (roles.models["policy"], roles.models["critic"]):
                 model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         # role -> DeepSpeed engine, under ZeRO. Policy and critic are called through theirs (DeepSpeed counts
         # the micro-batches of a mini-batch in its forward); the frozen ones are their engines' modules.
-        self.engines = zero.engines(self.cfg, roles.models, dict(zip(("policy", "critic"), self.optimizers))) \
+        self.engines = zero.engines(self.cfg, roles.models, self.optimizers) \
             if zero.ppo_uses_zero(self.cfg) else {}
         self.trained_engines = {role: self.engines[role] for role in ("policy", "critic") if role in self.engines}
         roles.models.update(self.trained_engines)
@@ -341,7 +380,7 @@ class Trainer:
         scores = torch.tensor(scores, device=output.device)
         raw_scores = scores.clone()
         if spec.normalize_reward:
-            scores = self._normalise(scores)
+            scores = self.reward_moments.normalise(scores)
         rewards = per_token_rewards(logprobs, ref_logprobs, scores, mask, self.kl_coef,
                                     spec.clip_reward_value, spec.kl_estimator)
         advantages, returns = advantages_and_returns(rewards, values, mask, spec.gamma, spec.lam)
@@ -349,16 +388,6 @@ class Trainer:
                 "logprobs": logprobs, "ref_logprobs": ref_logprobs, "values": values * mask,
                 "advantages": advantages, "returns": returns, "scores": raw_scores,
                 "responses": responses, "generation_seconds": generation_seconds}
-
-    def _normalise(self, scores):
-        mean, var, count = self.score_stats
-        for value in all_gather(scores).tolist():  # Welford's running mean/variance, over every worker's scores
-            count += 1
-            delta = value - mean
-            mean += delta / count
-            var += (delta * (value - mean) - var) / count
-        self.score_stats = [mean, var, count]
-        return (scores - mean) / math.sqrt(var + 1e-8)
 
     def update(self, batch: dict, step: int) -> dict:
         spec, roles = self.spec, self.roles
@@ -400,15 +429,14 @@ class Trainer:
                                        ("clip_fraction", clip_fraction),
                                        ("entropy", masked_mean(entropy.detach(), mb["mask"]))):
                         totals[key] += (value.detach() * weight).item()
-                self._step("policy")
-                self._step("critic")
+                for role in ("policy", "critic"):
+                    self._step(role)
+                    self.schedulers[role].step()
                 where = batch["mask"].device  # NCCL reduces tensors on the GPU only
                 summed = all_reduce(torch.tensor(list(totals.values()), dtype=torch.float64, device=where))
                 for key, value in zip(totals, summed.tolist()):
                     stats[key].append(value)
                 stats["max_ratio"].append(all_reduce(torch.tensor(max_ratio, device=where), "max").item())
-        for scheduler in self.schedulers:
-            scheduler.step()
         return {k: (max(v) if k == "max_ratio" else sum(v) / len(v)) for k, v in stats.items()}
 
     def _backward(self, role: str, loss) -> None:
@@ -426,7 +454,7 @@ class Trainer:
             if p.grad is not None:  # the same parameters get gradients on every worker
                 all_reduce(p.grad)
         torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optimizer = self.optimizers[0 if role == "policy" else 1]
+        optimizer = self.optimizers[role]
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
@@ -495,9 +523,9 @@ def save_checkpoint(trainer: Trainer, folder: Path, history: list[dict], samples
     else:
         trainable = trainer.roles.trainable.items()
         weights = {**{role: {n: p.detach() for n, p in params.items()} for role, params in trainable},
-                   "optimizers": [o.state_dict() for o in trainer.optimizers]}
-    state = {**weights, "schedulers": [s.state_dict() for s in trainer.schedulers],
-             "kl_coef": trainer.kl_coef, "score_stats": trainer.score_stats,
+                   "optimizers": {role: o.state_dict() for role, o in trainer.optimizers.items()}}
+    state = {**weights, "schedulers": {role: s.state_dict() for role, s in trainer.schedulers.items()},
+             "kl_coef": trainer.kl_coef, "reward_moments": asdict(trainer.reward_moments),
              "history": history, "samples": samples, "rng": torch.get_rng_state(),
              "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
     tmp = folder / (CHECKPOINT + ".tmp")
@@ -520,11 +548,11 @@ def load_checkpoint(trainer: Trainer, folder: Path) -> tuple[list[dict], list[di
             for role, params in trainer.roles.trainable.items():
                 for name, value in state[role].items():
                     params[name].copy_(value)
-        for optimizer, saved in zip(trainer.optimizers, state["optimizers"]):
-            optimizer.load_state_dict(saved)
-    for scheduler, saved in zip(trainer.schedulers, state["schedulers"]):
-        scheduler.load_state_dict(saved)
-    trainer.kl_coef, trainer.score_stats = state["kl_coef"], state["score_stats"]
+        for role, optimizer in trainer.optimizers.items():
+            optimizer.load_state_dict(state["optimizers"][role])
+    for role, scheduler in trainer.schedulers.items():
+        scheduler.load_state_dict(state["schedulers"][role])
+    trainer.kl_coef, trainer.reward_moments = state["kl_coef"], RunningMoments(**state["reward_moments"])
     torch.set_rng_state(state["rng"].cpu())
     if state["cuda_rng"]:
         torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda_rng"]])

@@ -10,13 +10,17 @@ from mpo_lib.ppo import (
     PPOFault,
     advantages_and_returns,
     build_roles,
+    optimizer_groups,
     per_token_rewards,
     policy_loss,
     response_mask,
     token_logprobs,
     token_values,
+    updates_per_step,
     value_loss,
 )
+
+from conftest import ROOT
 
 
 def test_per_token_reward_is_kl_penalty_plus_clipped_score_at_the_last_token():
@@ -218,3 +222,26 @@ def test_prompt_batches_use_every_prompt_before_repeating_one():
     flat = [p for batch in first for p in batch]
     assert all(len(batch) == 4 for batch in first)
     assert sorted(flat[:10]) == sorted(f"p{i}" for i in range(10)) == sorted(flat[10:])
+
+
+def test_optimizers_are_deepspeed_chats_no_decay_on_biases_and_norm_weights(tiny_run):
+    """DeepSpeed-Chat's parameter groups: every weight of the tiny Llama decays except its RMSNorm weights."""
+    from mpo_lib.models import load_stage_model
+
+    params = dict(load_stage_model(tiny_run, "base").named_parameters())
+    decay, exempt = optimizer_groups(params, weight_decay=0.1)
+    names = {id(p): n for n, p in params.items()}
+    assert decay["weight_decay"] == 0.1 and exempt["weight_decay"] == 0.0
+    assert {names[id(p)] for p in exempt["params"]} == {n for n in params if n.endswith("norm.weight")}
+    assert len(decay["params"]) + len(exempt["params"]) == len(params)
+    assert "model.layers.0.self_attn.q_proj.weight" in {names[id(p)] for p in decay["params"]}
+
+
+def test_the_schedule_counts_optimizer_steps_not_rollouts():
+    """cpu_small: 2 PPO epochs x 2 mini-batches of a rollout batch of 8 is 4 optimizer steps per PPO step,
+    so a warm-up of 1 leaves only the first of 32 updates at learning rate 0, not the whole first PPO step."""
+    from mpo_lib.config import load_config
+
+    spec = load_config(ROOT / "params" / "cpu_small.yaml").ppo
+    assert updates_per_step(spec) == 4 and spec.max_steps * updates_per_step(spec) == 32
+
