@@ -62,10 +62,11 @@ def data_command(args) -> None:
 
 def pipeline_command(args) -> None:
     if args.dry_run:
-        from .dryrun import dry_run, print_dry_run
+        from .dryrun import dry_run, print_dry_run, print_protocol
         cfg = config_of(args)
         existing = Run(cfg, args.run_dir) if Run.folder(cfg, args.run_dir).is_dir() else None  # its split, if done
         print_dry_run(dry_run(cfg, args.params, existing))
+        print_protocol(cfg)
         return
     from .pipeline import run_pipeline
     run_pipeline(args.params, args.run_dir, args.until, args.plan, args.overrides)

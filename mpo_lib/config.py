@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import math
 import os
 import re
 import typing
@@ -122,6 +123,7 @@ class DPOVariant(_Section):
     # easy: D^e; hard: the resampled pairs of D^h (higher reward preferred); full: every resampled
     # pair; offline: the dataset's own pairs (DPO-base)
     data: Literal["easy", "hard", "full", "offline"] = "easy"
+    split: str = "split"  # the split stage easy / hard come from: split (split.gamma) or split_gamma<g>
 
 
 class ResampleConfig(_Section):
@@ -135,7 +137,10 @@ class ResampleConfig(_Section):
 
 
 class SplitConfig(_Section):
-    gamma: float = Field(2.0, ge=0)  # the threshold of Algorithm 1 used for training
+    gamma: float = Field(2.0, ge=0)  # the threshold of Algorithm 1 for MPO and every ablation
+    # more thresholds, each trained as its own MPO beside split.gamma's (Table 3: gamma 1 and 2 in one
+    # run): stages split_gamma<g>, dpo_gamma<g> and mpo_gamma<g>, evaluated side by side
+    gammas: list[float] = []
     report_gammas: list[float] = [1.0, 2.0]  # |D^e|, |D^h| reported for each (Table 3 uses 1 and 2)
     gap_bins: list[float] = [0, 1, 2, 3, 4, 5]  # Fig. 2 bin edges; the last bin is open-ended
 
@@ -145,13 +150,27 @@ class PPOVariant(_Section):
     init: str = "dpo"        # a finished stage: dpo (MPO), sft (vanilla PPO), ...
     reference: str = "dpo"   # the KL reference: dpo (MPO), sft (vanilla PPO, MPO-sft-kl), any finished stage
     prompts: Literal["hard", "all", "easy"] = "hard"  # D^h (MPO), every resampled prompt (PPO), D^e
+    split: str = "split"  # the split stage hard / easy come from: split (split.gamma) or split_gamma<g>
+    # this variant's budget (at most one of the two); unset: ppo.max_steps, else ppo.epochs passes
+    epochs: float | None = Field(None, gt=0, description="passes over this variant's own prompts")
+    max_steps: int | None = Field(None, gt=0, description="PPO steps for this variant")
+
+    @model_validator(mode="after")
+    def _one_budget(self):
+        if self.epochs is not None and self.max_steps is not None:
+            raise ValueError("set epochs or max_steps for a PPO variant, not both")
+        return self
 
 
 class PPOConfig(_Section):
     """The kit's PPO (DeepSpeed-Chat semantics; mpo_lib/ppo.py documents every choice)."""
     variants: dict[str, PPOVariant] = {"mpo": PPOVariant(),
                                        "ppo_full": PPOVariant(init="sft", reference="sft", prompts="all")}
-    max_steps: int = Field(gt=0, description="PPO steps (one rollout batch each)")
+    # Each variant's budget: by default one pass over its own prompt set, as DeepSpeed-Chat's
+    # num_train_epochs 1, so vanilla PPO (every prompt) runs more steps than MPO's PPO (D^h), as in the
+    # paper; steps = ceil(epochs x prompts / rollout_batch_size). A variant's own epochs / max_steps win.
+    epochs: float = Field(1.0, gt=0, description="passes over each variant's own prompt set")
+    max_steps: int | None = Field(None, gt=0, description="set: every variant without its own budget runs this many steps")
     rollout_batch_size: int = Field(8, gt=0, description="prompts per step, over all processes")
     mini_batch_size: int = Field(8, gt=0, description="sequences per optimizer step, over all processes")
     # sequences per forward/backward (gradient accumulation inside a mini-batch; Table 8's
@@ -198,6 +217,19 @@ class PPOConfig(_Section):
     @property
     def micro_batch(self) -> int:
         return self.micro_batch_size or self.mini_batch_size
+
+    @property
+    def updates_per_step(self) -> int:
+        """Optimizer steps per PPO step: every mini-batch of the rollout batch, in each PPO epoch."""
+        return self.ppo_epochs * (self.rollout_batch_size // self.mini_batch_size)
+
+    def steps(self, variant: PPOVariant, prompts: int) -> int:
+        """PPO steps (rollout batches) of `variant` over its `prompts` prompts."""
+        if variant.max_steps is not None:
+            return variant.max_steps
+        if variant.epochs is None and self.max_steps is not None:
+            return self.max_steps
+        return max(math.ceil((variant.epochs or self.epochs) * prompts / self.rollout_batch_size), 1)
 
 
 class EvalConfig(_Section):
@@ -290,6 +322,11 @@ class Config(_Section):
                 raise ValueError(f"ppo.mini_batch_size={self.ppo.mini_batch_size} (global) is not a multiple of "
                                  f"ppo.micro_batch_size={self.ppo.micro_batch} (per device) x "
                                  f"launch.num_processes={world}")
+        if (repeated := [g for g in self.split.gammas if g == self.split.gamma or self.split.gammas.count(g) > 1]):
+            raise ValueError(f"split.gammas {self.split.gammas}: {repeated[0]:g} appears twice (split.gamma="
+                             f"{self.split.gamma:g} is trained already); list each further threshold once")
+        if self.split.gammas and not (self.ppo and "mpo" in self.ppo.variants):
+            raise ValueError("split.gammas trains an MPO per threshold: it needs ppo.variants.mpo")
         from .stages import ABLATIONS, ablation_stages, policies
         for name in self.ablations:  # unknown names first: ablation_stages() needs known ones
             if name not in ABLATIONS:

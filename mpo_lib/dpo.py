@@ -29,27 +29,30 @@ def dpo_variant(run: Run, name: str) -> DPOVariant:
     return found.variant
 
 
-# the stages each choice of pairs comes from
-PAIR_SOURCES = {"easy": ["split"], "offline": [], "full": ["resample"], "hard": ["split", "resample"]}
+def pair_sources(variant: DPOVariant) -> list[str]:
+    """The stages a variant's pairs come from."""
+    return {"easy": [variant.split], "offline": [], "full": ["resample"],
+            "hard": [variant.split, "resample"]}[variant.data]
 
 
-def dpo_pairs(run: Run, data: str, offline_rows: list[dict]) -> list[dict]:
+def dpo_pairs(run: Run, variant: DPOVariant, offline_rows: list[dict]) -> list[dict]:
     """The training pairs; resampled pairs prefer the higher reward."""
+    data = variant.data
     if data == "easy":
-        return load_split(run, "easy")
+        return load_split(run, "easy", variant.split)
     if data == "offline":
         return [{k: r[k] for k in ("prompt", "chosen", "rejected")} for r in offline_rows]
     ordered = split_by_gap(load_pairs(run), gamma=-1.0)[0]
     if data == "full":
         return ordered
-    hard = {row["prompt"] for row in load_split(run, "hard")}
+    hard = {row["prompt"] for row in load_split(run, "hard", variant.split)}
     return [pair for pair in ordered if pair["prompt"] in hard]
 
 
 def run_dpo(run: Run, offline_rows: list[dict], name: str = "dpo") -> dict:
     cfg = run.cfg
     variant = dpo_variant(run, name)
-    pairs = dpo_pairs(run, variant.data, offline_rows)[: cfg.dpo.max_rows]
+    pairs = dpo_pairs(run, variant, offline_rows)[: cfg.dpo.max_rows]
     if not pairs:
         raise ValueError(f"stage {name}: no {variant.data} pairs to train on (see the split stage's sizes)")
 
@@ -83,7 +86,7 @@ def dpo_spec(run: Run, name: str) -> tuple[dict, list[str]]:
     settings = {"dpo": cfg.dpo.model_dump(), "variant": variant.model_dump(),
                 "lora": cfg.model.lora and cfg.model.lora.model_dump(), "bf16": cfg.model.bf16, "seed": cfg.seed,
                 "data": cfg.data.model_dump(exclude={"data_dir"}), **cfg.workers()}
-    return settings, sorted({variant.init, variant.reference, *PAIR_SOURCES[variant.data]})
+    return settings, sorted({variant.init, variant.reference, *pair_sources(variant)})
 
 
 def train(run: Run, name: str = "dpo") -> dict:

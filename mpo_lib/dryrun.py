@@ -44,7 +44,8 @@ PUBLISHED_CONFIGS = {
 }
 # Table 1: training rows per subset, for a dry run that cannot read the data
 TABLE1_TRAIN_ROWS = {"helpful-base": 43774, "harmless-base": 42537, "comparisons": 178944, "tldr-sft": 116722}
-PAPER_EASY_FRACTION = 20_000 / 80_000  # §4.2, HH-RLHF at gamma = 2
+# |D^e| / prompts: §4.2 (HH-RLHF, gamma 2: 20K of 80K); §4.1 (gamma 1: MPO's PPO on half the prompts)
+PAPER_EASY_FRACTION = {2.0: 20_000 / 80_000, 1.0: 1 / 2}
 
 
 @dataclass
@@ -162,7 +163,7 @@ def memory_gb(arch: Architecture, cfg: Config, trained: int, frozen: int, extra:
 # ---------------------------------------------------------------------------- rows and steps
 
 def training_rows(cfg: Config, run=None) -> tuple[dict[str, int], str]:
-    """Rows for SFT, RM, resampling (prompts) and DPO (|D^e|), and where the counts come from."""
+    """Rows for SFT, RM, resampling (prompts) and |D^e| of each split stage, and where the counts come from."""
     subsets = cfg.data.subsets
     if cfg.data.source == "local":
         from .data import load_preferences, sft_rows
@@ -178,13 +179,17 @@ def training_rows(cfg: Config, run=None) -> tuple[dict[str, int], str]:
         preference = {s: min(n, cfg.data.max_train_rows) for s, n in preference.items()}
     rm_rows = sum(n for s, n in preference.items() if s in (cfg.rm.subsets or subsets))
     prompts = min(cfg.resample.num_prompts or sum(preference.values()), sum(preference.values()))
-    if run is not None and run.is_complete("split"):
-        easy, source_easy = run.metrics("split")["easy"], "the run's split"
-    else:
-        easy, source_easy = round(prompts * PAPER_EASY_FRACTION), "estimated at the paper's 1/4 (§4.2)"
+    easy, sources = {}, set()
+    for split in registry.of_kind(cfg, registry.SPLIT):
+        if run is not None and run.is_complete(split.name):
+            easy[split.name] = run.metrics(split.name)["easy"]
+            sources.add("the run's split")
+        else:
+            easy[split.name] = round(prompts * PAPER_EASY_FRACTION.get(split.gamma, PAPER_EASY_FRACTION[2.0]))
+            sources.add("estimated at the paper's fractions (1/4 at gamma 2, 1/2 at gamma 1; 1/4 otherwise)")
     # datasets' train_test_split holds out ceil(fraction x rows)
     return ({"sft": sft, "pairs": sum(preference.values()), "rm": rm_rows - math.ceil(rm_rows * cfg.rm.eval_fraction),
-             "prompts": prompts, "easy": easy, "hard": prompts - easy}, f"rows: {source}; |D^e|, |D^h|: {source_easy}")
+             "prompts": prompts, "easy": easy}, f"rows: {source}; |D^e|, |D^h|: {'; '.join(sorted(sources))}")
 
 
 def optimizer_steps(rows: int, per_device: int, accum: int, world: int, epochs: float, max_steps: int) -> int:
@@ -230,7 +235,7 @@ def trl_stage(cfg, arch, section, rows: int, sequences_per_row: int, frozen: int
             "memory_gb": memory_gb(arch, cfg, 1, frozen, extra, zero, cfg.model.optimizer is not None)}
 
 
-def ppo_stage(cfg, arch, name, prompts: int) -> dict:
+def ppo_stage(cfg, arch, variant, prompts: int) -> dict:
     spec, world = cfg.ppo, cfg.launch.num_processes
     length = cfg.data.max_prompt_tokens + spec.max_new_tokens
     # LoRA: all four roles are adapters over one backbone (the frozen stage adapters are not counted), the
@@ -244,7 +249,7 @@ def ppo_stage(cfg, arch, name, prompts: int) -> dict:
     accum = spec.mini_batch_size // (spec.micro_batch * world)
     return {"zero_stage": zero, "per_device_batch": spec.micro_batch, "grad_accum": accum,
             "global_batch": spec.mini_batch_size, "rollout_batch": spec.rollout_batch_size, "rows": prompts,
-            "optimizer_steps": spec.max_steps * spec.ppo_epochs * (spec.rollout_batch_size // spec.mini_batch_size),
+            "optimizer_steps": spec.steps(variant, prompts) * spec.updates_per_step,
             "sequence_length": length,
             "hyper": {"per_device_train_batch_size": spec.micro_batch,
                       "gradient_accumulation_steps": accum,
@@ -294,15 +299,18 @@ def dry_run(cfg: Config, params: str, run=None) -> list[dict]:
     dpo_hyper = {"learning_rate": cfg.dpo.learning_rate, "per_device_train_batch_size": cfg.dpo.batch_size,
                  "weight_decay": cfg.dpo.weight_decay, "beta": cfg.dpo.beta,
                  "gradient_accumulation_steps": cfg.dpo.grad_accum, "num_warmup_steps": cfg.dpo.warmup_steps}
-    dpo_rows = {"easy": rows["easy"], "hard": rows["hard"], "full": rows["prompts"], "offline": rows["pairs"]}
+    def trained_on(variant, data: str) -> int:  # DPO's pairs (variant.data) or PPO's prompts (variant.prompts)
+        easy = rows["easy"][variant.split]
+        return {"easy": easy, "hard": rows["prompts"] - easy, "full": rows["prompts"], "all": rows["prompts"],
+                "offline": rows["pairs"]}[data]
+
     for dpo in registry.of_kind(cfg, registry.DPO):
         name, variant = dpo.name, dpo.variant
         # the reference: a frozen copy in full fine-tuning; with LoRA the start with its adapter off, if it is the start
         frozen = int(cfg.model.lora is None or variant.reference != variant.init)
-        stages[name] = trl_stage(cfg, arch, cfg.dpo, dpo_rows[variant.data], 2, frozen, dpo_hyper)
-    ppo_prompts = {"hard": rows["hard"], "easy": rows["easy"], "all": rows["prompts"]}
+        stages[name] = trl_stage(cfg, arch, cfg.dpo, trained_on(variant, variant.data), 2, frozen, dpo_hyper)
     for ppo in registry.of_kind(cfg, registry.PPO):
-        stages[ppo.name] = ppo_stage(cfg, arch, ppo.name, ppo_prompts[ppo.variant.prompts])
+        stages[ppo.name] = ppo_stage(cfg, arch, ppo.variant, trained_on(ppo.variant, ppo.variant.prompts))
     stages["eval"] = generation_stage(cfg, arch, cfg.eval.num_prompts, cfg.eval.batch_size, cfg.eval.max_new_tokens,
                                       world_size(cfg, "eval"))
     # every stage goes through the launcher (mpo_lib/launch.py); with vLLM, resample and eval run in the kernel
@@ -326,3 +334,49 @@ def print_dry_run(rows: list[dict]) -> None:
         print(f"{row['stage']}: {row['launch']}")
         if row["hyper"]:
             print("    " + ", ".join(f"{k}={v:g}" for k, v in row["hyper"].items()))
+
+
+# ---------------------------------------------------------------------------- the protocol check
+
+def _mpo_at(cfg: Config, gamma: float) -> str | None:
+    """The MPO stage trained at threshold `gamma`, if the params train one."""
+    if cfg.split.gamma == gamma:
+        return "mpo"
+    return registry.at_gamma("mpo", gamma) if gamma in cfg.split.gammas else None
+
+
+def protocol(cfg: Config) -> list[tuple[str, str | None]]:
+    """Each row of the paper's Tables 2-6 and bar of Fig. 2 and Fig. 4 that these params' dataset has,
+    with what produces it (a stage, or the judge / human sheets on two evaluated stages), None if nothing."""
+    names = {stage.name for stage in registry.catalogue(cfg)}
+    made = lambda stage: stage if stage in names else None
+    evaluated = lambda policy: made(f"eval_{policy}") if policy else None
+    mpo1, mpo2 = _mpo_at(cfg, 1.0), _mpo_at(cfg, 2.0)
+    rows = [("Table 2: RM accuracy on held-out pairs", made("rm")),
+            ("Table 3: SFT", evaluated("sft")), ("Table 3: DPO", evaluated("dpo_full")),
+            ("Table 3 (text): DPO-base", evaluated("dpo_base")), ("Table 3: PPO", evaluated("ppo_full")),
+            ("Table 3: MPO (γ=1)", evaluated(mpo1)), ("Table 3: MPO (γ=2)", evaluated(mpo2))]
+    judged = mpo2 is not None and tuple(cfg.eval.compare) == (mpo2, "ppo_full") and evaluated(mpo2)
+    rows.append(("Table 4: GPT-4 judge, MPO (γ=2) vs PPO", "eval.judges openai on " + " vs ".join(cfg.eval.compare)
+                 if judged and "openai" in cfg.eval.judges else None))
+    if cfg.data.dataset != "hh":  # Fig. 2, Fig. 4, Tables 5 and 6 are HH-RLHF's only
+        return rows
+    rows += [("Fig. 2 left: RM precision per reward range", made("rm")),
+             ("Fig. 2 right: resampled pairs per reward-difference bin", made("resample"))]
+    for subset in ("helpful", "harmless"):
+        sheets = judged and f"{subset}-base" in cfg.data.subsets and cfg.eval.human_eval_items >= 50
+        rows.append((f"Table 5: human evaluation, {subset}", "human_eval sheets, 50 items" if sheets else None))
+    at_two = cfg.split.gamma == 2.0  # Fig. 4 and Table 6 split at gamma 2
+    for method, sides in (("DPO", ("dpo", "dpo_hard", "dpo_full")), ("PPO", ("ppo_easy", "ppo_hard", "ppo_full"))):
+        for side, policy in zip(("D^e", "D^h", "everything"), sides, strict=True):
+            rows.append((f"Fig. 4: {method} on {side} (γ=2)", evaluated(policy) if at_two else None))
+    for label, policy in (("MPO", mpo2), ("PPO", "ppo_full"), ("MPO-reverse", "mpo_reverse"),
+                          ("MPO-sft-kl", "mpo_sft_kl"), ("MPO-reverse-sft", "mpo_reverse_sft")):
+        rows.append((f"Table 6: {label}", evaluated(policy) if at_two else None))
+    return rows
+
+
+def print_protocol(cfg: Config) -> None:
+    print("The paper's rows and what produces them:")
+    for row, producer in protocol(cfg):
+        print(f"  {row:<58}{producer or 'NOT PRODUCED by these params'}")

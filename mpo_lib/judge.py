@@ -103,6 +103,17 @@ class TextJudge(ABC):
         return f"{type(self).__name__}(name={self.name!r})"
 
 
+# Table 4's judges by their eval.judges name. The RM judge scores with the reward PPO and MPO maximised:
+# it favours the PPO-trained policies by construction, a stand-in for GPT-4 rather than an independent judge
+LABELS = {"rm_margin": "trained RM (the reward PPO optimised)", "local": "local chat model, A.2 prompt",
+          "openai": "OpenAI-compatible model, A.2 prompt"}
+OPENAI_ENV = ("MPO_JUDGE_BASE_URL", "MPO_JUDGE_MODEL", "MPO_JUDGE_API_KEY")
+
+
+def openai_configured() -> bool:
+    return all(os.environ.get(variable) for variable in OPENAI_ENV)
+
+
 def _env(variable: str) -> str:
     value = os.environ.get(variable)
     if not value:

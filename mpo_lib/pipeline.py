@@ -11,7 +11,7 @@ from pathlib import Path
 
 from traitlets.config import Config as TraitletsConfig
 
-from . import evaluation, stages
+from . import evaluation, judge, stages
 from .artifacts import Run
 from .config import PROJECT_ROOT, load_config, params_path
 from .figures import copy_to_repository
@@ -101,10 +101,11 @@ def summary(run: Run) -> list[str]:
                 continue
             lines.append(f"RM held-out accuracy ({subset}, {result['pairs']} pairs): {result['rm_accuracy']:.1%} "
                          f"vs 'shorter response wins' {result['shorter_wins_accuracy']:.1%} (paper: 73%)")
-    if run.is_complete("split"):
-        split = run.metrics("split")
-        lines.append(f"split at gamma={split['gamma']:g}: |D^e|={split['easy']} |D^h|={split['hard']} "
-                     f"of {split['prompts']} prompts")
+    for stage in [s.name for s in stages.of_kind(run.cfg, stages.SPLIT)]:
+        if run.is_complete(stage):
+            split = run.metrics(stage)
+            lines.append(f"{stage} at gamma={split['gamma']:g}: |D^e|={split['easy']} |D^h|={split['hard']} "
+                         f"of {split['prompts']} prompts")
     for stage in [s.name for s in stages.of_kind(run.cfg, stages.DPO)]:
         if run.is_complete(stage):
             dpo = run.metrics(stage)
@@ -114,22 +115,25 @@ def summary(run: Run) -> list[str]:
     for stage in [s.name for s in stages.of_kind(run.cfg, stages.PPO)]:
         if run.is_complete(stage):
             ppo = run.metrics(stage)
-            lines.append(f"{stage}: reward {ppo['reward_first_quarter']:+.3f} (first quarter) -> "
-                         f"{ppo['reward_last_quarter']:+.3f} (last quarter), KL {ppo['kl_last_quarter']:.3f}, "
-                         f"{ppo['step_seconds_mean']:.0f} s/step")
+            lines.append(f"{stage}: {ppo['steps']} steps over {ppo['prompts']} prompts, reward "
+                         f"{ppo['reward_first_quarter']:+.3f} (first quarter) -> {ppo['reward_last_quarter']:+.3f} "
+                         f"(last quarter), KL {ppo['kl_last_quarter']:.3f}, {ppo['step_seconds_mean']:.0f} s/step")
+    if versus := evaluation.mpo_vs_ppo_compute(run):
+        lines.append("MPO (resample + DPO + PPO on D^h) / vanilla PPO: "
+                     + ", ".join(f"{key} x{value}" for key, value in versus["MPO / PPO"].items()))
     for row in evaluation.table3(run):
         paper = row["paper (table3)"]
         lines.append(f"Table 3, {row['policy']}: reward {row['reward']:+.3f} {row['95% CI']} on {row['prompts']} "
                      f"held-out prompts" + (f" (paper: {paper})" if paper is not None else ""))
     for row in evaluation.paired_differences(run):
-        if {row["policy"], row["baseline"]} <= TABLE3_POLICIES:
+        if {stages.paper_row(row["policy"]), stages.paper_row(row["baseline"])} <= TABLE3_POLICIES:
             verdict = "0 outside: a real difference" if row["0 outside the interval"] else "0 inside: not shown to differ"
             lines.append(f"paired, {row['comparison']}: {row['mean difference']:+.3f} {row['paired 95% CI']} ({verdict})")
     for kind, result in evaluation.judge_summaries(run).items():
         if not result["judged"]:
-            lines.append(f"Table 4 ({kind} judge): no item judged ({result['failures']} failures)")
+            lines.append(f"Table 4 ({judge.LABELS[kind]}): no item judged ({result['failures']} failures)")
             continue
-        lines.append(f"Table 4 ({kind} judge), {' vs '.join(run.cfg.eval.compare)}: win {result['win']:.1%} "
+        lines.append(f"Table 4 ({judge.LABELS[kind]}), {' vs '.join(run.cfg.eval.compare)}: win {result['win']:.1%} "
                      f"tie {result['tie']:.1%} lose {result['lose']:.1%}, position-consistent {result['consistency']:.1%}"
                      + (f"; win - lose {result['win_minus_lose']:+.1%} [{result['win_minus_lose_ci'][0]:+.1%}, "
                         f"{result['win_minus_lose_ci'][1]:+.1%}]" if result.get("win_minus_lose_ci") else ""))

@@ -279,11 +279,11 @@ def token_values(critic, input_ids, attention_mask, prompt_length: int):
 def ppo_prompts(run: Run, variant: PPOVariant) -> list[str]:
     if variant.prompts == "all":
         return [pair["prompt"] for pair in load_pairs(run)]
-    return [row["prompt"] for row in load_split(run, variant.prompts)]
+    return [row["prompt"] for row in load_split(run, variant.prompts, variant.split)]
 
 
 def prompt_source(variant: PPOVariant) -> str:
-    return "resample" if variant.prompts == "all" else "split"
+    return "resample" if variant.prompts == "all" else variant.split
 
 
 # DeepSpeed-Chat's optimizers (dschat/utils/utils.py get_optimizer_grouped_parameters, rlhf_engine.py):
@@ -298,11 +298,6 @@ def optimizer_groups(params: dict, weight_decay: float) -> list[dict]:
     groups = [{"params": [p for n, p in params.items() if not exempt(n)], "weight_decay": weight_decay},
               {"params": [p for n, p in params.items() if exempt(n)], "weight_decay": 0.0}]
     return [group for group in groups if group["params"]]
-
-
-def updates_per_step(spec) -> int:
-    """Optimizer steps per PPO step: every mini-batch of the rollout batch, in each PPO epoch."""
-    return spec.ppo_epochs * (spec.rollout_batch_size // spec.mini_batch_size)
 
 
 @dataclass
@@ -324,7 +319,7 @@ class RunningMoments:
 class Trainer:
     """One PPO variant: rollout, score, GAE, clipped updates; metrics per step."""
 
-    def __init__(self, run: Run, variant: PPOVariant, roles: Roles, out_dir: Path):
+    def __init__(self, run: Run, variant: PPOVariant, roles: Roles, out_dir: Path, steps: int):
         from transformers import get_scheduler
 
         self.run, self.cfg, self.spec, self.roles, self.out_dir = run, run.cfg, run.cfg.ppo, roles, out_dir
@@ -336,7 +331,7 @@ class Trainer:
             for role, lr, decay in (("policy", self.spec.actor_lr, self.spec.actor_weight_decay),
                                     ("critic", self.spec.critic_lr, self.spec.critic_weight_decay))}
         # stepped with each optimizer step, as DeepSpeed-Chat's engines step theirs: warmup_steps counts those
-        total = self.spec.max_steps * updates_per_step(self.spec)
+        total = steps * self.spec.updates_per_step
         self.schedulers = {role: get_scheduler("cosine", optimizer, self.spec.warmup_steps, total)
                            for role, optimizer in self.optimizers.items()}
         self.autocast = torch.autocast(device().type, dtype=torch.bfloat16, enabled=self.cfg.model.bf16)
@@ -568,8 +563,9 @@ def train_ppo(run: Run, name: str, variant: PPOVariant, out_dir: Path, roles: Ro
     if len(prompts) < spec.rollout_batch_size:
         raise ValueError(f"ppo.variants.{name}: {len(prompts)} {variant.prompts} prompts, fewer than "
                          f"ppo.rollout_batch_size={spec.rollout_batch_size}")
+    steps = spec.steps(variant, len(prompts))
     torch.manual_seed(cfg.seed)
-    trainer = Trainer(run, variant, roles or build_roles(run, variant), out_dir)
+    trainer = Trainer(run, variant, roles or build_roles(run, variant), out_dir, steps)
     batches = prompt_batches(prompts, spec.rollout_batch_size, cfg.seed)  # the same order on every worker
     rank, world = rank_and_world()
     share = spec.rollout_batch_size // world
@@ -586,8 +582,7 @@ def train_ppo(run: Run, name: str, variant: PPOVariant, out_dir: Path, roles: Ro
         for step, metrics in enumerate(history, 1):  # the curves and samples of the resumed steps, again
             _log_step(writer, metrics, step)
         log.writelines(json.dumps(sample) + "\n" for sample in samples)
-        for step in tqdm(range(resumed + 1, spec.max_steps + 1), desc=name, initial=resumed, total=spec.max_steps,
-                         disable=not main):
+        for step in tqdm(range(resumed + 1, steps + 1), desc=name, initial=resumed, total=steps, disable=not main):
             started = time.time()
             if world > 1:  # workers sample independently, and a resumed run samples as an uninterrupted one
                 torch.manual_seed(cfg.seed + step * world + rank)
@@ -617,6 +612,7 @@ def train_ppo(run: Run, name: str, variant: PPOVariant, out_dir: Path, roles: Ro
             "kl_last_quarter": mean(history[-quarter:], "kl_to_reference"),
             "step_seconds_mean": mean(history, "step_seconds"),
             "samples_seen": len(history) * spec.rollout_batch_size,
+            "optimizer_steps": len(history) * spec.updates_per_step,
             "tokens_generated": round(sum(h["response_length"] for h in history) * spec.rollout_batch_size)}
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from . import evaluation, stages
+from . import evaluation, judge, stages
 from .artifacts import Run
 from .resample import sizes_by_gamma
 
@@ -74,8 +74,9 @@ def tables(run: Run) -> str:
                "everything 1.859 (Section 4.2; Table 3 gives 1.499 for its DPO), and PPO best with every prompt.\n")]
     if judged:
         a, b = cfg.eval.compare
+        by_label = {judge.LABELS[kind]: row for kind, row in judged.items()}
         parts += [(f"## Table 4: pairwise judge, {stages.label(a)} vs {stages.label(b)} (both orders; "
-                   "a verdict that flips with the order is a tie)"), markdown_table(_percent_rows(judged))]
+                   "a verdict that flips with the order is a tie)"), markdown_table(_percent_rows(by_label))]
     human = evaluation.table5(run)
     parts += ["## Table 5: human evaluation", markdown_table(_percent_rows(human)) if human else
               "Sheets for three annotators are in the run directory's `human_eval/` (a path relative to the run: "

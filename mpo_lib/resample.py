@@ -192,24 +192,26 @@ def load_pairs(run: Run) -> list[dict]:
     return read_json(run.require("resample") / "pairs.json")
 
 
-def run_split(run: Run) -> dict:
-    cfg = run.cfg
+def run_split(run: Run, name: str = "split", gamma: float | None = None) -> dict:
+    """Stage `name`: D^e and D^h at `gamma` (split: split.gamma; split_gamma<g>: a further threshold)."""
+    gamma = run.cfg.split.gamma if gamma is None else gamma
 
     def build(out_dir: Path) -> dict:
         pairs = load_pairs(run)
-        easy, hard = split_by_gap(pairs, cfg.split.gamma)
+        easy, hard = split_by_gap(pairs, gamma)
         if not easy or not hard:
-            raise ConfigError(empty_split_message(cfg.split.gamma, pairs, len(easy), len(hard)))
+            key = "split.gamma" if name == "split" else "a split.gammas entry"
+            raise ConfigError(empty_split_message(key, gamma, pairs, len(easy), len(hard)))
         write_json(out_dir / "easy.json", easy)
         write_json(out_dir / "hard.json", hard)
-        return {"gamma": cfg.split.gamma, "prompts": len(pairs), "easy": len(easy), "hard": len(hard)}
+        return {"gamma": gamma, "prompts": len(pairs), "easy": len(easy), "hard": len(hard)}
 
-    return run.reuse_or_build("split", *split_spec(cfg), build)
+    return run.reuse_or_build(name, *split_spec(gamma), build)
 
 
-def split_spec(cfg) -> tuple[dict, list[str]]:
+def split_spec(gamma: float) -> tuple[dict, list[str]]:
     # only gamma decides the sets; the reported gammas and figure bins do not re-run DPO and PPO
-    return {"gamma": cfg.split.gamma, "stored_as": "json"}, ["resample"]
+    return {"gamma": gamma, "stored_as": "json"}, ["resample"]
 
 
 def sizes_by_gamma(run: Run, gammas: list[float]) -> dict[str, dict[str, int]]:
@@ -222,20 +224,20 @@ def gap_values(pairs: list[dict]) -> list[float]:
     return [abs(p["reward_1"] - p["reward_2"]) for p in pairs]
 
 
-def empty_split_message(gamma: float, pairs: list[dict], easy: int, hard: int) -> str:
+def empty_split_message(key: str, gamma: float, pairs: list[dict], easy: int, hard: int) -> str:
     """Which set is empty, and a gamma from the observed gaps: the median sends half the prompts each way."""
     quantiles = dict(zip(("min", "25%", "median", "75%", "max"),
                          np.quantile(gap_values(pairs), [0, 0.25, 0.5, 0.75, 1]).tolist()))
-    return (f"split.gamma={gamma:g} leaves D^{'e' if not easy else 'h'} empty: |D^e|={easy}, |D^h|={hard} of "
+    return (f"{key}={gamma:g} leaves D^{'e' if not easy else 'h'} empty: |D^e|={easy}, |D^h|={hard} of "
             f"{len(pairs)} resampled prompts. Their reward gaps |r1 - r2|: "
             + ", ".join(f"{name} {value:.3g}" for name, value in quantiles.items())
-            + ". A gamma between the 25% and 75% gaps puts prompts in both sets, e.g. split.gamma: "
+            + f". A gamma between the 25% and 75% gaps puts prompts in both sets, e.g. {key}: "
             f"{quantiles['median']:.3g} (the median)")
 
 
-def load_split(run: Run, side: str) -> list[dict]:
-    """D^e ("easy") or D^h ("hard") of the run's split stage."""
-    return read_json(run.require("split") / f"{side}.json")
+def load_split(run: Run, side: str, stage: str = "split") -> list[dict]:
+    """D^e ("easy") or D^h ("hard") of a split stage (split, or split_gamma<g>)."""
+    return read_json(run.require(stage) / f"{side}.json")
 
 
 def sample_pairs(run: Run) -> dict:
@@ -243,7 +245,7 @@ def sample_pairs(run: Run) -> dict:
     return run_stage(run, "resample")
 
 
-def split(run: Run) -> dict:
-    """Algorithm 1, lines 5-7: |score1 - score2| > gamma (the algorithm's theta; split.gamma) puts
-    (x, preferred, dispreferred) in D^e, else x goes to D^h."""
-    return run_stage(run, "split")
+def split(run: Run, name: str = "split") -> dict:
+    """Algorithm 1, lines 5-7: |score1 - score2| > gamma (the algorithm's theta; split.gamma, or a further
+    threshold's split_gamma<g>) puts (x, preferred, dispreferred) in D^e, else x goes to D^h."""
+    return run_stage(run, name)

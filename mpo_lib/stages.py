@@ -9,11 +9,13 @@ launching, the plan, the dry run, evaluation and the pipeline summary all read i
 else dispatches on stage names.
 
 Adding a stage kind is one `Kind` and a line in `catalogue`; adding an ablation is one entry of
-ABLATIONS (a DPO or PPO variant) and, if the tables show it, of LABELS.
+ABLATIONS (a DPO or PPO variant) and, if the tables show it, of LABELS. Each further threshold of
+split.gammas copies MPO's three stages (split, dpo, mpo) under names ending in _gamma<g>.
 """
 from __future__ import annotations
 
 import difflib
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
@@ -92,6 +94,28 @@ class Stage:
     notebook: str  # the notebook that builds it
     variant: DPOVariant | PPOVariant | None = None
     policy: str | None = None  # eval_<policy>: the policy it evaluates
+    gamma: float | None = None  # a split stage: its threshold
+
+
+# MPO's stages at a further threshold of split.gammas: split_gamma1, dpo_gamma0p5 ('.' marks superseded folders)
+GAMMA_COPY = re.compile(r"^(split|dpo|mpo)_gamma(\d+(?:p\d+)?)$")
+
+
+def at_gamma(name: str, gamma: float) -> str:
+    """MPO's stage `name` (split, dpo or mpo) at the further threshold `gamma`."""
+    return f"{name}_gamma{gamma:g}".replace(".", "p")
+
+
+def gamma_of(name: str) -> float | None:
+    """The threshold in a _gamma<g> stage's name (None for any other stage)."""
+    found = GAMMA_COPY.match(name)
+    return float(found.group(2).replace("p", ".")) if found else None
+
+
+def paper_row(name: str) -> str:
+    """The stage whose paper row a stage reproduces: mpo_gamma1 is MPO's row (at gamma 1)."""
+    found = GAMMA_COPY.match(name)
+    return found.group(1) if found else name
 
 
 def _base_spec(run, stage, inputs):
@@ -147,12 +171,12 @@ def _resample_build(run, stage, inputs):
 
 def _split_spec(run, stage, inputs):
     from .resample import split_spec
-    return split_spec(run.cfg)
+    return split_spec(stage.gamma)
 
 
 def _split_build(run, stage, inputs):
     from .resample import run_split
-    return run_split(run)
+    return run_split(run, stage.name, stage.gamma)
 
 
 def _dpo_spec(run, stage, inputs):
@@ -205,9 +229,15 @@ def ablation_stages(cfg: Config) -> list[str]:
 
 
 def _policy_stages(cfg: Config) -> list[Stage]:
-    """sft, dpo, the PPO variants and the ablations, in the order the notebooks build them."""
+    """sft, dpo (at each gamma), the PPO variants (and MPO at each further gamma) and the ablations, in the order
+    the notebooks build them."""
     stages = [Stage("sft", SFT, "01"), Stage("dpo", DPO, "04", DPOVariant())]
+    stages += [Stage(at_gamma("dpo", g), DPO, "04", DPOVariant(split=at_gamma("split", g))) for g in cfg.split.gammas]
     stages += [Stage(name, PPO, "05", variant) for name, variant in (cfg.ppo.variants if cfg.ppo else {}).items()]
+    for gamma in cfg.split.gammas:  # MPO's own PPO variant, from and near that threshold's DPO, on its D^h
+        dpo = at_gamma("dpo", gamma)
+        stages.append(Stage(at_gamma("mpo", gamma), PPO, "05", cfg.ppo.variants["mpo"].model_copy(update={
+            "init": dpo, "reference": dpo, "split": at_gamma("split", gamma)})))
     for name in ablation_stages(cfg):
         if name in (cfg.ppo.variants if cfg.ppo else {}):  # the params' own variant of that name wins
             continue
@@ -217,26 +247,40 @@ def _policy_stages(cfg: Config) -> list[Stage]:
 
 
 def label(policy: str) -> str:
-    """A policy's name in the tables."""
+    """A policy's name in the tables; a further threshold's MPO stages say their gamma."""
+    if (gamma := gamma_of(policy)) is not None:  # the gamma inside the label's parenthesis, or in its own
+        row = LABELS[paper_row(policy)]
+        return f"{row[:-1]}, γ={gamma:g})" if row.endswith(")") else f"{row} (γ={gamma:g})"
     return LABELS.get(policy, policy)
 
 
 def policies(cfg: Config) -> list[str]:
-    """Every policy stage the params train, in the tables' order (LABELS, then the user's own variants)."""
+    """Every policy stage the params train, in the tables' order (LABELS, each further gamma's copy after its
+    row, then the user's own variants)."""
     names = [stage.name for stage in _policy_stages(cfg)]
-    return [name for name in LABELS if name in names] + [name for name in names if name not in LABELS]
+    order = {name: k for k, name in enumerate(LABELS)}
+    known = sorted((name for name in names if paper_row(name) in order),
+                   key=lambda name: (order[paper_row(name)], gamma_of(name) or 0.0))
+    return known + [name for name in names if paper_row(name) not in order]
 
 
 def catalogue(cfg: Config) -> list[Stage]:
     """Every stage of a full pipeline run, in the order the notebooks build them."""
     trained = _policy_stages(cfg)
+    splits = [Stage("split", SPLIT, "03", gamma=cfg.split.gamma)]
+    splits += [Stage(at_gamma("split", g), SPLIT, "03", gamma=g) for g in cfg.split.gammas]
     return [Stage("base", BASE, "00"), Stage("data", DATA, "00"), trained[0], Stage("rm", RM, "02"),
-            Stage("resample", RESAMPLE, "03"), Stage("split", SPLIT, "03"), *trained[1:],
+            Stage("resample", RESAMPLE, "03"), *splits, *trained[1:],
             *[Stage(f"eval_{name}", EVAL, "07", policy=name) for name in policies(cfg)]]
 
 
 def of_kind(cfg: Config, *kinds: Kind) -> list[Stage]:
     return [stage for stage in catalogue(cfg) if stage.kind in kinds]
+
+
+def built_by(cfg: Config, notebook: str, kind: Kind) -> list[str]:
+    """The stages of `kind` that notebook `notebook` builds: e.g. "04", DPO: dpo and dpo_gamma<g>."""
+    return [stage.name for stage in catalogue(cfg) if stage.notebook == notebook and stage.kind is kind]
 
 
 def stage(cfg: Config, name: str) -> Stage:

@@ -6,7 +6,7 @@ import sys
 import pytest
 
 from mpo_lib import ConfigError, load_config
-from mpo_lib.dryrun import architecture, dry_run
+from mpo_lib.dryrun import architecture, dry_run, protocol
 
 from conftest import ROOT
 
@@ -65,7 +65,30 @@ def test_optimizer_steps_follow_table1_rows_and_the_global_batch():
     assert rows["dpo"]["rows"] == round(train / 4)
     # transformers counts a last, partial accumulation as a step
     assert rows["dpo"]["optimizer_steps"] == math.ceil(math.ceil(round(train / 4) / (2 * GPUS)) / 8) == 169
-    assert rows["mpo"]["optimizer_steps"] == 940  # one optimizer step per rollout of 64 prompts
+    # PPO: one pass over each variant's own prompts, one optimizer step per rollout of 64: MPO's PPO over
+    # D^h (3/4 at gamma 2, 1/2 at gamma 1), vanilla PPO over every prompt
+    hard = train - round(train / 4)
+    assert rows["mpo"]["optimizer_steps"] == math.ceil(hard / 64) == 1012
+    assert rows["mpo_gamma1"]["optimizer_steps"] == math.ceil((train - round(train / 2)) / 64) == 675
+    assert rows["ppo_full"]["optimizer_steps"] == math.ceil(train / 64) == 1349
+
+
+@pytest.mark.parametrize(("profile", "rows"), [("hh_full", 23), ("tldr_full", 8)])
+def test_every_row_of_the_paper_has_a_producer_in_the_full_profiles(profile, rows):
+    """Tables 2-6, Fig. 2 and Fig. 4 (HH-RLHF); Tables 2-4 (TL;DR)."""
+    produced = protocol(load_config(ROOT / "params" / f"{profile}.yaml"))
+    assert len(produced) == rows
+    assert [row for row, producer in produced if producer is None] == []
+    assert dict(produced)["Table 3: MPO (γ=1)"] == "eval_mpo_gamma1"
+
+
+def test_the_protocol_check_names_the_rows_a_profile_does_not_produce():
+    cfg = load_config(ROOT / "params" / "hh_full.yaml", {"split": {"gammas": []}, "ablations": ["dpo_full"],
+                                                         "eval": {"judges": ["rm_margin"]}})
+    missing = {row for row, producer in protocol(cfg) if producer is None}
+    assert {"Table 3: MPO (γ=1)", "Table 3 (text): DPO-base", "Table 4: GPT-4 judge, MPO (γ=2) vs PPO",
+            "Fig. 4: PPO on D^h (γ=2)", "Table 6: MPO-reverse"} <= missing
+    assert "Table 3: MPO (γ=2)" not in missing
 
 
 def test_memory_estimate_partitions_model_states_by_zero_stage():

@@ -24,7 +24,8 @@ def test_ablations_are_the_stages_their_definitions_say(smoke_run):
 
 def test_every_policy_answers_the_same_prompts_and_gets_an_interval(smoke_run):
     policies = evaluation.policies(smoke_run)
-    assert len(policies) == 4 + len(ablation_stages(smoke_run.cfg))  # sft, dpo, mpo, ppo_full + ablations
+    # sft, dpo, mpo, ppo_full, dpo and mpo at each further gamma, the ablations
+    assert len(policies) == 4 + 2 * len(smoke_run.cfg.split.gammas) + len(ablation_stages(smoke_run.cfg))
     prompts = None
     for policy in policies:
         metrics = smoke_run.metrics(f"eval_{policy}")
@@ -72,6 +73,25 @@ def test_compute_table_gives_every_training_and_generating_stage_its_tokens_per_
     assert 10 * sft["samples seen"] < trained <= 1.01 * sft["samples seen"] * cfg.sft.max_length
     resample = smoke_run.metrics("resample")
     assert rows["resample"]["tokens/s"] == round(resample["new_tokens"] / resample["wall_seconds"])
+
+
+def test_mpo_against_vanilla_ppo_compute_sums_mpo_stages_and_divides(smoke_run):
+    rows = {row["stage"]: row for row in evaluation.compute_rows(smoke_run)}
+    mpo, ppo, ratio = evaluation.mpo_vs_ppo_compute(smoke_run).values()
+    assert mpo["optimizer steps"] == rows["dpo"]["optimizer steps"] + rows["mpo"]["optimizer steps"]
+    assert ppo["optimizer steps"] == smoke_run.metrics("ppo_full")["steps"] * smoke_run.cfg.ppo.updates_per_step
+    assert mpo["samples seen"] == sum(rows[stage]["samples seen"] for stage in ("resample", "dpo", "mpo"))
+    assert ratio["tokens generated"] == round(mpo["tokens generated"] / ppo["tokens generated"], 2)
+
+
+def test_the_openai_judge_without_its_endpoint_is_skipped_naming_the_variables(smoke_run, monkeypatch, capsys):
+    from mpo_lib.judge import OPENAI_ENV
+
+    for variable in OPENAI_ENV:
+        monkeypatch.delenv(variable, raising=False)
+    monkeypatch.setattr(smoke_run.cfg.eval, "judges", ["openai"])
+    assert evaluation.table4(smoke_run) == {}
+    assert "the openai judge is skipped: set MPO_JUDGE_BASE_URL, MPO_JUDGE_MODEL, MPO_JUDGE_API_KEY" in capsys.readouterr().out
 
 
 def test_reward_model_judge_is_position_consistent(smoke_run):

@@ -16,7 +16,6 @@ from mpo_lib.ppo import (
     response_mask,
     token_logprobs,
     token_values,
-    updates_per_step,
     value_loss,
 )
 
@@ -169,7 +168,7 @@ def test_non_finite_loss_stops_with_the_step(lora_run, tmp_path):
     from mpo_lib.ppo import Trainer
 
     variant = PPOVariant(init="dpo", reference="dpo")
-    trainer = Trainer(lora_run, variant, build_roles(lora_run, variant), tmp_path)
+    trainer = Trainer(lora_run, variant, build_roles(lora_run, variant), tmp_path, steps=4)
     with pytest.raises(PPOFault, match="PPO step 7: the loss is nan; no checkpoint was written yet"):
         trainer._check(torch.tensor(float("nan")), None, step=7)
     with pytest.raises(PPOFault, match=re.escape("PPO step 3: probability ratio 50 exceeds ppo.max_ratio=10")):
@@ -184,7 +183,7 @@ def test_micro_batches_accumulate_to_the_mini_batch_gradient(lora_run, tmp_path)
     gradients = []
     for micro in (None, 1):
         torch.manual_seed(0)
-        trainer = Trainer(lora_run, variant, build_roles(lora_run, variant), tmp_path)
+        trainer = Trainer(lora_run, variant, build_roles(lora_run, variant), tmp_path, steps=4)
         trainer.spec = trainer.spec.model_copy(update={"mini_batch_size": 4, "micro_batch_size": micro,
                                                        "ppo_epochs": 1})
         if micro is None:
@@ -243,5 +242,22 @@ def test_the_schedule_counts_optimizer_steps_not_rollouts():
     from mpo_lib.config import load_config
 
     spec = load_config(ROOT / "params" / "cpu_small.yaml").ppo
-    assert updates_per_step(spec) == 4 and spec.max_steps * updates_per_step(spec) == 32
+    vanilla = spec.steps(PPOVariant(init="sft", reference="sft", prompts="all"), prompts=64)  # one pass
+    assert spec.updates_per_step == 4 and vanilla * spec.updates_per_step == 32
+
+
+def test_each_ppo_variant_makes_one_pass_over_its_own_prompts_unless_told_otherwise():
+    """DeepSpeed-Chat's num_train_epochs 1: vanilla PPO over 80K prompts runs 4x the steps of MPO's PPO over
+    the 20K of a quarter; a variant's own epochs or max_steps, then ppo.max_steps, override the pass."""
+    from mpo_lib.config import PPOConfig
+
+    spec = PPOConfig(rollout_batch_size=64, mini_batch_size=64, max_new_tokens=8, actor_lr=1.0, critic_lr=1.0)
+    assert spec.steps(PPOVariant(prompts="all"), 80_000) == 1250
+    assert spec.steps(PPOVariant(prompts="hard"), 20_000) == 313  # ceil: every prompt is seen once
+    assert spec.steps(PPOVariant(epochs=2), 20_000) == 625
+    assert spec.steps(PPOVariant(max_steps=7), 20_000) == 7
+    capped = spec.model_copy(update={"max_steps": 5})
+    assert capped.steps(PPOVariant(), 20_000) == 5 and capped.steps(PPOVariant(epochs=0.5), 128) == 1
+    with pytest.raises(ValueError, match="set epochs or max_steps for a PPO variant, not both"):
+        PPOVariant(epochs=1, max_steps=3)
 

@@ -393,7 +393,8 @@ def test_git_strips_notebook_outputs_with_the_repositorys_filter(tmp_path):
 # ---------------------------------------------------------------------------- lineage
 
 DPO_BETA_RERUNS = {"dpo", "dpo_full", "dpo_hard", "dpo_base", "mpo_reverse", "mpo_reverse_sft",  # DPO stages
-                   "mpo", "mpo_sft_kl"}  # PPO from the DPO model
+                   "dpo_gamma0p015",  # MPO's DPO at smoke's further gamma
+                   "mpo", "mpo_sft_kl", "mpo_gamma0p015"}  # PPO from a DPO model
 
 
 def test_the_plan_names_exactly_the_stages_a_params_change_reruns_and_why(smoke_run):

@@ -23,3 +23,21 @@ def test_every_prompt_lands_in_exactly_one_set():
         easy, hard = split_by_gap(pairs, gamma)
         assert len(easy) + len(hard) == len(pairs)
         assert {p["prompt"] for p in easy} | {p["prompt"] for p in hard} == {p["prompt"] for p in pairs}
+
+
+def test_each_further_gamma_trains_its_own_mpo_on_its_own_split(smoke_run):
+    """split.gammas: split_gamma<g>, dpo_gamma<g> on that split's D^e and mpo_gamma<g> on its D^h, from and
+    near that DPO; every one evaluated beside split.gamma's MPO."""
+    from mpo_lib import evaluation
+    from mpo_lib.artifacts import read_json
+
+    gamma = smoke_run.cfg.split.gammas[0]
+    split = smoke_run.metrics("split_gamma0p015")
+    assert split["gamma"] == gamma == 0.015 and split["easy"] + split["hard"] == split["prompts"]
+    assert smoke_run.metrics("dpo_gamma0p015")["pairs"] == split["easy"]
+    mpo = smoke_run.metrics("mpo_gamma0p015")
+    assert mpo["prompts"] == split["hard"] and mpo["variant"]["init"] == mpo["variant"]["reference"] == "dpo_gamma0p015"
+    assert read_json(smoke_run.stage_dir("mpo_gamma0p015") / "config.json")["upstream"].keys() >= {
+        "dpo_gamma0p015", "split_gamma0p015"}
+    policies = [row["policy"] for row in evaluation.table3(smoke_run)]
+    assert policies.index("MPO (γ=0.01)") + 1 == policies.index("MPO (γ=0.015)")
