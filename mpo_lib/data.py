@@ -187,10 +187,13 @@ def _shuffled(rows: list[dict], seed: int) -> list[dict]:
 
 
 def _holdout(rows: list[dict], cfg: Config, size: int) -> tuple[list[dict], list[dict]]:
+    """`size` held-out rows, and the training rows whose prompt is none of theirs: TL;DR compares several
+    summary pairs of one post, and a held-out post must not be trained on by any stage."""
     rows = _shuffled(rows, cfg.seed)
     if size >= len(rows):
         raise DataError(f"data.holdout={size} leaves no training rows (only {len(rows)} usable rows)")
-    return rows[size:], rows[:size]
+    held = {row["prompt"] for row in rows[:size]}
+    return [row for row in rows[size:] if row["prompt"] not in held], rows[:size]
 
 
 def _report(loaded: dict[str, Loaded]) -> dict:

@@ -7,7 +7,7 @@ import pytest
 from mpo_lib import load_config
 from mpo_lib.data import DataError, load_hh_subset, load_preferences, parse_hh_rows, split_dialogue
 
-from conftest import DATA_DIR, SMOKE
+from conftest import DATA_DIR, ROOT, SMOKE
 
 
 def first_rows(subset, n=50):
@@ -58,6 +58,15 @@ def test_holdout_is_disjoint_from_training_rows():
     held = {(r["prompt"], r["chosen"]) for r in splits.heldout}
     assert len(splits.heldout) == 80
     assert not held & {(r["prompt"], r["chosen"]) for r in splits.train}
+
+
+def test_a_held_out_tldr_post_is_in_no_training_row():
+    """batch13 compares 1,097 summary pairs of 905 posts: a row-wise holdout would train on held-out posts."""
+    splits = load_preferences(load_config(ROOT / "params" / "smoke_tldr.yaml", {"data": {"max_train_rows": None}}))
+    held = {r["prompt"] for r in splits.heldout}
+    assert len(splits.heldout) == 40
+    assert not held & {r["prompt"] for r in splits.train}
+    assert len(splits.train) < 1097 - 40  # their other pairs left training
 
 
 def copy_hh(tmp_path, subset, payload: bytes):
