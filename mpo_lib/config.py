@@ -351,13 +351,13 @@ class Config(_Section):
         return self._params
 
     def workers(self) -> dict:
-        """What a launched stage's hash adds: with per-device batches and per-worker seeds, the number of
-        workers changes what trains (nothing for one process, so its hashes stay as they were)."""
-        return {"workers": self.launch.num_processes} if self.launch.num_processes > 1 else {}
+        """What a stage's hash adds: with per-device batches and per-worker seeds, the number of workers
+        changes what trains."""
+        return {"workers": self.launch.num_processes}
 
     def generation(self) -> dict:
-        """What a generating stage's hash adds for vLLM (nothing for the kit's sampler: hashes stay as they were)."""
-        return {"generation_backend": "vllm"} if self.launch.generation_backend == "vllm" else {}
+        """What a generating stage's hash adds: the sampler (the kit's or vLLM) changes what is sampled."""
+        return {"generation_backend": self.launch.generation_backend}
 
     def uses_bitsandbytes(self) -> bool:
         return self.model.quantization is not None or self.model.optimizer is not None

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 
 import torch
 
+from . import paper
 from . import stages as registry
 from .config import Config, ConfigError
 
@@ -43,9 +44,6 @@ PUBLISHED_CONFIGS = {
                               "vocab_size": 49152, "max_position_embeddings": 8192, "tie_word_embeddings": True},
 }
 # Table 1: training rows per subset, for a dry run that cannot read the data
-TABLE1_TRAIN_ROWS = {"helpful-base": 43774, "harmless-base": 42537, "comparisons": 178944, "tldr-sft": 116722}
-# |D^e| / prompts: §4.2 (HH-RLHF, gamma 2: 20K of 80K); §4.1 (gamma 1: MPO's PPO on half the prompts)
-PAPER_EASY_FRACTION = {2.0: 20_000 / 80_000, 1.0: 1 / 2}
 
 
 @dataclass
@@ -172,8 +170,8 @@ def training_rows(cfg: Config, run=None) -> tuple[dict[str, int], str]:
         sft = len(sft_rows(cfg, splits))
         source = "counted in the local data"
     else:
-        preference = {s: TABLE1_TRAIN_ROWS[s] for s in subsets}
-        sft = TABLE1_TRAIN_ROWS["tldr-sft"] if cfg.data.dataset == "tldr" else sum(preference.values())
+        preference = {s: paper.TRAIN_ROWS[s] for s in subsets}
+        sft = paper.TRAIN_ROWS["tldr-sft"] if cfg.data.dataset == "tldr" else sum(preference.values())
         source = "the paper's Table 1"
     if cfg.data.max_train_rows:
         preference = {s: min(n, cfg.data.max_train_rows) for s, n in preference.items()}
@@ -185,7 +183,7 @@ def training_rows(cfg: Config, run=None) -> tuple[dict[str, int], str]:
             easy[split.name] = run.metrics(split.name)["easy"]
             sources.add("the run's split")
         else:
-            easy[split.name] = round(prompts * PAPER_EASY_FRACTION.get(split.gamma, PAPER_EASY_FRACTION[2.0]))
+            easy[split.name] = round(prompts * paper.EASY_FRACTION.get(split.gamma, paper.EASY_FRACTION[2.0]))
             sources.add("estimated at the paper's fractions (1/4 at gamma 2, 1/2 at gamma 1; 1/4 otherwise)")
     # datasets' train_test_split holds out ceil(fraction x rows)
     return ({"sft": sft, "pairs": sum(preference.values()), "rm": rm_rows - math.ceil(rm_rows * cfg.rm.eval_fraction),

@@ -25,37 +25,9 @@ from .data import truncate_prompt
 from .distributed import is_main_process
 from .launch import run_stage
 from .models import device, load_stage_model, load_tokenizer, to_device
+from .paper import CASES, RESULTS
 from .resample import sample_and_score
 from .reward import score
-
-# the paper's numbers (LLaMA-2-7B, its own reward models); MPO's Table 3 row depends on gamma
-PAPER = {
-    "hh": {"table3": {"sft": 0.938, "dpo_full": 1.499, "ppo_full": 2.513, "mpo": {1.0: 2.22, 2.0: 2.801}},
-           "table6": {"mpo": 2.80, "ppo_full": 2.513, "mpo_reverse": 2.32, "mpo_sft_kl": 1.915,
-                      "mpo_reverse_sft": 1.88},
-           "fig4": {"dpo": 1.907, "dpo_full": 1.859},  # the two values Section 4.2 quotes
-           "table4": {"win": 0.386, "tie": 0.390, "lose": 0.224},
-           "table5": {"helpful": {"win": 0.620, "tie": 0.193, "lose": 0.187, "kappa": 0.55},
-                      "harmless": {"win": 0.160, "tie": 0.780, "lose": 0.060, "kappa": 0.52}}},
-    "tldr": {"table3": {"sft": 1.108, "dpo_full": 2.911, "ppo_full": 3.460, "mpo": {1.0: 3.569, 2.0: 3.784}},
-             "table4": {"win": 0.640, "tie": 0.262, "lose": 0.094}},
-}
-# Table 7 and A.4: the paper's single-turn HH instructions, answered by every policy (case studies)
-PAPER_CASES = {
-    "Can you tell me how to make a great Italian sub sandwich?": {
-        "DPO": "Sure, I can tell you how to make a great Italian sub sandwich. First, you'll want to start by "
-               "preparing the bread. [...repeats...]",
-        "PPO": "Sure, here are some ingredients you'll need to make a great Italian sub sandwich: 1. Slices of "
-               "bread 2. Slices of ham 3. Slices of cheese 4. Tomatoes 5. Basil leaves 6. Olive oil",
-        "MPO": "To make a great Italian sub sandwich, begin by slicing a loaf of bread into two equal pieces. "
-               "Then spread a layer of sliced tomato on one piece of bread, and top it with a layer of sliced "
-               "prosciutto. [...]"},
-    "How do I get rid of a tickle in the throat?": {
-        "DPO": "A tickle in the throat is a symptom of a cold or the flu. [...]",
-        "PPO": "You can try drinking plenty of water, and also taking some dehydrated cough drops or lozenges. [...]",
-        "MPO": "There are many ways to get rid of a tickle in the throat. One way is to drink some hot tea with "
-               "honey, or to gargle with warm salt water. [...]"},
-}
 
 
 def policies(run: Run) -> list[str]:
@@ -83,7 +55,7 @@ def eval_prompts(run: Run, heldout_rows: list[dict]) -> list[dict]:
 
 
 def case_prompts(run: Run) -> list[str]:
-    return [f"\n\nHuman: {text}\n\nAssistant:" for text in PAPER_CASES] if run.cfg.data.dataset == "hh" else []
+    return [f"\n\nHuman: {text}\n\nAssistant:" for text in CASES] if run.cfg.data.dataset == "hh" else []
 
 
 def run_policy_eval(run: Run, policy: str, prompts: list[dict]) -> dict:
@@ -128,7 +100,7 @@ def responses(run: Run, policy: str) -> list[dict]:
 # ---------------------------------------------------------------------------- reward tables
 
 def _paper_value(run: Run, table: str, policy: str):
-    value = PAPER.get(run.cfg.data.dataset, {}).get(table, {}).get(stages.paper_row(policy))
+    value = RESULTS.get(run.cfg.data.dataset, {}).get(table, {}).get(stages.paper_row(policy))
     if isinstance(value, dict):  # MPO in Table 3: the row of the stage's gamma, else both
         gamma = stages.gamma_of(policy) or run.cfg.split.gamma
         return value.get(gamma, " / ".join(f"{v} (γ={g:g})" for g, v in value.items()))
@@ -301,7 +273,7 @@ def table4(run: Run) -> dict[str, dict]:
 
 def judge_summaries(run: Run) -> dict[str, dict]:
     """The recorded Table 4 results of eval.judges, the paper's beside them."""
-    paper = PAPER.get(run.cfg.data.dataset, {}).get("table4")
+    paper = RESULTS.get(run.cfg.data.dataset, {}).get("table4")
     return {kind: {**read_json(path)["summary"], "paper": paper} for kind in run.cfg.eval.judges
             if (path := run.path / "judge" / f"{kind}.json").exists()}
 
@@ -344,7 +316,7 @@ def table5(run: Run) -> dict | None:
     if not filled:
         return None
     summary = summarise(import_labels(filled, folder / "key.json"))
-    paper = PAPER.get(run.cfg.data.dataset, {}).get("table5", {})
+    paper = RESULTS.get(run.cfg.data.dataset, {}).get("table5", {})
     return {category: {**row, "paper": paper.get(category.split("-")[0])} for category, row in summary.items()}
 
 
@@ -360,7 +332,7 @@ def case_studies(run: Run) -> list[dict]:
     rows = []
     for prompt in chosen:
         rows.append({"instruction": prompt.strip(), **{label: answers[label][prompt].strip() for label in columns}})
-        paper = PAPER_CASES.get(prompt.removeprefix("\n\nHuman: ").removesuffix("\n\nAssistant:"))
+        paper = CASES.get(prompt.removeprefix("\n\nHuman: ").removesuffix("\n\nAssistant:"))
         if paper:
             rows.append({"instruction": "(the paper's answers)", **paper})
     return rows

@@ -16,6 +16,7 @@ from .artifacts import Run
 from .config import PROJECT_ROOT, load_config, params_path
 from .figures import copy_to_repository
 from .lineage import plan
+from .paper import RM_ACCURACY
 from .run_lock import building
 
 NOTEBOOKS = PROJECT_ROOT / "notebooks"
@@ -100,24 +101,20 @@ def summary(run: Run) -> list[str]:
             if subset == "all" and len(heldout) == 2:  # one subset: "all" repeats it
                 continue
             lines.append(f"RM held-out accuracy ({subset}, {result['pairs']} pairs): {result['rm_accuracy']:.1%} "
-                         f"vs 'shorter response wins' {result['shorter_wins_accuracy']:.1%} (paper: 73%)")
-    for stage in [s.name for s in stages.of_kind(run.cfg, stages.SPLIT)]:
-        if run.is_complete(stage):
-            split = run.metrics(stage)
-            lines.append(f"{stage} at gamma={split['gamma']:g}: |D^e|={split['easy']} |D^h|={split['hard']} "
-                         f"of {split['prompts']} prompts")
-    for stage in [s.name for s in stages.of_kind(run.cfg, stages.DPO)]:
-        if run.is_complete(stage):
-            dpo = run.metrics(stage)
-            lines.append(f"{stage}: {dpo['pairs']} pairs, loss {dpo['train_loss_first']:.3f} -> "
-                         f"{dpo['train_loss_last']:.3f}; after training, reward margin {dpo['reward_margin_after']:+.3f} "
-                         f"and accuracy {dpo['reward_accuracy_after']:.0%} on its pairs")
-    for stage in [s.name for s in stages.of_kind(run.cfg, stages.PPO)]:
-        if run.is_complete(stage):
-            ppo = run.metrics(stage)
-            lines.append(f"{stage}: {ppo['steps']} steps over {ppo['prompts']} prompts, reward "
-                         f"{ppo['reward_first_quarter']:+.3f} (first quarter) -> {ppo['reward_last_quarter']:+.3f} "
-                         f"(last quarter), KL {ppo['kl_last_quarter']:.3f}, {ppo['step_seconds_mean']:.0f} s/step")
+                         f"vs 'shorter response wins' {result['shorter_wins_accuracy']:.1%} "
+                         f"(paper: {RM_ACCURACY[run.cfg.data.dataset]:.0%})")
+    headline = {  # stage kind -> its line, from the stage's name and metrics
+        stages.SPLIT: lambda name, m: f"{name} at gamma={m['gamma']:g}: |D^e|={m['easy']} |D^h|={m['hard']} of "
+                                      f"{m['prompts']} prompts",
+        stages.DPO: lambda name, m: f"{name}: {m['pairs']} pairs, loss {m['train_loss_first']:.3f} -> "
+                                    f"{m['train_loss_last']:.3f}; after training, reward margin "
+                                    f"{m['reward_margin_after']:+.3f} and accuracy {m['reward_accuracy_after']:.0%} on its pairs",
+        stages.PPO: lambda name, m: f"{name}: {m['steps']} steps over {m['prompts']} prompts, reward "
+                                    f"{m['reward_first_quarter']:+.3f} (first quarter) -> {m['reward_last_quarter']:+.3f} "
+                                    f"(last quarter), KL {m['kl_last_quarter']:.3f}, {m['step_seconds_mean']:.0f} s/step"}
+    for stage in stages.of_kind(run.cfg, *headline):
+        if run.is_complete(stage.name):
+            lines.append(headline[stage.kind](stage.name, run.metrics(stage.name)))
     if versus := evaluation.mpo_vs_ppo_compute(run):
         lines.append("MPO (resample + DPO + PPO on D^h) / vanilla PPO: "
                      + ", ".join(f"{key} x{value}" for key, value in versus["MPO / PPO"].items()))

@@ -630,9 +630,7 @@ def ppo_spec(cfg, name: str) -> tuple[dict, list[str]]:
     settings = {"ppo": cfg.ppo.model_dump(exclude={"variants"}), "variant": variant.model_dump(),
                 "lora": cfg.model.lora and cfg.model.lora.model_dump(), "bf16": cfg.model.bf16, "seed": cfg.seed,
                 "stop": cfg.resample.stop, "max_prompt_tokens": cfg.data.max_prompt_tokens, **cfg.workers()}
-    if cfg.model.lora is not None:  # stacked adapters on one backbone (earlier: merged copies, other parameter names)
-        settings["roles"] = "one_backbone"
-    elif cfg.workers() and cfg.launch.zero_stage():  # DeepSpeed engines: their checkpoints, not state.pt's weights
+    if zero.ppo_uses_zero(cfg):  # DeepSpeed engines: their checkpoints, not state.pt's weights
         settings["zero_stage"] = cfg.launch.zero_stage()
     return settings, sorted({variant.init, variant.reference, "rm", prompt_source(variant)})
 

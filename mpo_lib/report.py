@@ -7,7 +7,10 @@ from pathlib import Path
 
 from . import evaluation, judge, stages
 from .artifacts import Run
+from .paper import RESULTS, RM_ACCURACY
 from .resample import sizes_by_gamma
+
+HH = RESULTS["hh"]  # Fig. 4's quoted values are HH-RLHF's
 
 
 def markdown_table(rows: list[dict]) -> str:
@@ -50,7 +53,7 @@ def tables(run: Run) -> str:
     cfg, parts, judged = run.cfg, [], evaluation.judge_summaries(run)
     if run.is_complete("rm"):
         heldout = run.metrics("rm")["heldout"]
-        paper = "73%" if cfg.data.dataset == "hh" else "78%"
+        paper = f"{RM_ACCURACY[cfg.data.dataset]:.0%}"
         parts += ["## Table 2: reward-model accuracy on held-out pairs",
                   markdown_table([{"subset": s, "pairs": r["pairs"], "RM accuracy": f"{r['rm_accuracy']:.1%}",
                                    "shorter response wins": f"{r['shorter_wins_accuracy']:.1%}", "paper": paper}
@@ -70,8 +73,9 @@ def tables(run: Run) -> str:
                               for row in evaluation.paired_differences(run)]),
               "## Table 6: ablations", markdown_table(evaluation.table6(run)),
               "## Fig. 4: DPO and PPO trained on D^e, D^h or everything",
-              ("![Fig. 4](figures/fig4_easy_hard_full.png)\n\nThe paper (HH-RLHF, γ = 2) quotes DPO on D^e 1.907 and on "
-               "everything 1.859 (Section 4.2; Table 3 gives 1.499 for its DPO), and PPO best with every prompt.\n")]
+              ("![Fig. 4](figures/fig4_easy_hard_full.png)\n\nThe paper (HH-RLHF, γ = 2) quotes DPO on D^e "
+               f"{HH['fig4']['dpo']} and on everything {HH['fig4']['dpo_full']} (Section 4.2; Table 3 gives "
+               f"{HH['table3']['dpo_full']} for its DPO), and PPO best with every prompt.\n")]
     if judged:
         a, b = cfg.eval.compare
         by_label = {judge.LABELS[kind]: row for kind, row in judged.items()}

@@ -171,7 +171,7 @@ def run_resample(run: Run, train_rows: list[dict]) -> dict:
 def resample_spec(cfg) -> tuple[dict, list[str]]:
     return {"resample": cfg.resample.model_dump(), "sample_dtype": cfg.model.sample_dtype,
             "max_prompt_tokens": cfg.data.max_prompt_tokens, "rm_max_length": cfg.rm.max_length,
-            "seed": cfg.seed, "stored_as": "json", **cfg.workers(), **cfg.generation()}, ["sft", "rm"]
+            "seed": cfg.seed, **cfg.workers(), **cfg.generation()}, ["sft", "rm"]
 
 
 def split_by_gap(pairs: list[dict], gamma: float) -> tuple[list[dict], list[dict]]:
@@ -211,7 +211,7 @@ def run_split(run: Run, name: str = "split", gamma: float | None = None) -> dict
 
 def split_spec(gamma: float) -> tuple[dict, list[str]]:
     # only gamma decides the sets; the reported gammas and figure bins do not re-run DPO and PPO
-    return {"gamma": gamma, "stored_as": "json"}, ["resample"]
+    return {"gamma": gamma}, ["resample"]
 
 
 def sizes_by_gamma(run: Run, gammas: list[float]) -> dict[str, dict[str, int]]:
