@@ -39,7 +39,7 @@ test-fast: .venv/installed  ## the quick loop: everything but the tests marked s
 	$(PY) -m pytest -q -m "not slow" tests
 
 lint: .venv/installed
-	$(PY) -m ruff check mpo_lib tests benchmarks notebooks
+	$(PY) -m ruff check mpo_lib tests benchmarks deploy notebooks
 
 lab: .venv/installed  ## JupyterLab on notebooks/ (as root, e.g. in a container, Jupyter needs --allow-root)
 	.venv/bin/jupyter lab notebooks/ $(if $(filter 0,$(shell id -u)),--allow-root)

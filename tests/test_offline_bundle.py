@@ -1,17 +1,17 @@
-"""benchmarks/offline_bundle.py: what travels to a machine without internet."""
+"""deploy/offline_bundle.py: what travels to a machine without internet."""
 import sys
 
 from mpo_lib import load_config
 
 from conftest import ROOT, SMOKE
 
-sys.path.insert(0, str(ROOT / "benchmarks"))
+sys.path.insert(0, str(ROOT / "deploy"))
 from offline_bundle import HF_STACK, canonical, packages_to_carry
 
 
 def test_the_bundle_carries_what_the_target_lacks_and_the_hugging_face_stack_always():
     cfg = load_config(SMOKE)
-    image = {canonical(line) for line in (ROOT / "benchmarks/gpu_image_packages.txt").read_text().splitlines()
+    image = {canonical(line) for line in (ROOT / "deploy/gpu_image_packages.txt").read_text().splitlines()
              if line and not line.startswith("#")}
     closure, carried = packages_to_carry(cfg, image)
     assert {"trl", "datasets", "papermill", "ipykernel", "gguf"} <= carried.keys()  # not in the image

@@ -1,7 +1,7 @@
 """Pack what a GPU machine without internet needs to run a params file's pipeline into one folder
-(default .offline/, ignored by git); benchmarks/offline_run.sh unpacks it there and runs the pipeline.
+(default .offline/, ignored by git); deploy/offline_run.sh unpacks it there and runs the pipeline.
 
-    python benchmarks/offline_bundle.py --params params/gpu_small.yaml --target-packages FILE
+    python deploy/offline_bundle.py --params params/gpu_small.yaml --target-packages FILE
 
 - wheels/: the kit's dependencies as installed here (requirements.txt and everything they pull in, at
   the versions the tests ran with), for the target's Python and platform, less what the target already

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# bash benchmarks/offline_run.sh params/X.yaml: every notebook on a machine without internet (a GPU one:
-# gpu_small), from what benchmarks/offline_bundle.py packed into .offline/ (README, "Running at full scale").
+# bash deploy/offline_run.sh params/X.yaml: every notebook on a machine without internet (a GPU one:
+# gpu_small), from what deploy/offline_bundle.py packed into .offline/ (README, "Running at full scale").
 # Installs the carried wheels once (into $MPO_SITE), runs the pipeline within $MPO_PIPELINE_SECONDS (a
 # finished stage is reused, so running this again picks up where a stopped run ended), then copies the
 # report's tables and figures, with the device's name, to figures/<X>/. With $OUT set, the run directory
@@ -45,6 +45,6 @@ fi
 mkdir -p "figures/$name"
 figures=("$run_dir"/figures/*.png)
 cp "${figures[@]}" "figures/$name/"
-{ echo "One $device, $(date -u +%F): \`bash benchmarks/offline_run.sh $params\`, $seconds s in its last call (stages"
+{ echo "One $device, $(date -u +%F): \`bash deploy/offline_run.sh $params\`, $seconds s in its last call (stages"
   echo "finished by an earlier call were reused; the compute table has every stage's own time)."
   echo; cat "$run_dir/figures/tables.md"; } > "figures/$name/tables.md"
