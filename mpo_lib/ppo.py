@@ -15,6 +15,8 @@ results are comparable:
   biases and norm weights; a cosine schedule with warm-up (DeepSpeed-Chat's default) stepped with
   every optimizer step; one PPO epoch per rollout batch by default.
 - The critic starts from the reward model. Reward normalisation (running mean/std) is off by default.
+- Budget: one pass over the stage's own prompts (DeepSpeed-Chat's num_train_epochs 1), that is
+  ceil(ppo.epochs x prompts / rollout_batch_size) steps; PPOConfig.steps says what overrides it.
 
 Roles and memory. With LoRA every stage is an adapter over the pretrained base (SFT, DPO and the
 RM each store only theirs), so PPO loads the base once and stacks the stage adapters on it unmerged:
@@ -316,6 +318,28 @@ class RunningMoments:
         return (scores - self.mean) / math.sqrt(self.var + 1e-8)
 
 
+@dataclass
+class Rollout:
+    """One rollout batch (this worker's rows): the sampled sequences and what the update needs of them."""
+    input_ids: torch.Tensor       # prompt + response, [rows, prompt_length + response tokens]
+    attention_mask: torch.Tensor
+    mask: torch.Tensor            # response tokens that count: up to and including the first EOS
+    logprobs: torch.Tensor        # log pi_old(token), the policy that sampled them
+    ref_logprobs: torch.Tensor    # log pi_ref(token), the KL reference's
+    values: torch.Tensor          # V_old, the critic's, 0 outside the mask
+    advantages: torch.Tensor      # GAE
+    returns: torch.Tensor         # advantages + values: the critic's targets
+    scores: torch.Tensor          # the RM's raw score per sequence (before normalize_reward)
+    prompt_length: int
+    responses: list[str]
+    generation_seconds: float
+
+    def rows(self, index: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The per-token tensors of some rows (a micro-batch)."""
+        return {name: getattr(self, name)[index] for name in ("input_ids", "attention_mask", "mask", "logprobs",
+                                                               "values", "advantages", "returns")}
+
+
 class Trainer:
     """One PPO variant: rollout, score, GAE, clipped updates; metrics per step."""
 
@@ -346,7 +370,7 @@ class Trainer:
         roles.models.update(self.trained_engines)
 
     @torch.no_grad()
-    def rollout(self, prompts: list[str]) -> dict:
+    def rollout(self, prompts: list[str]) -> Rollout:
         spec, tok, roles = self.spec, self.tokenizer, self.roles
         started = time.time()
         with roles.use("policy") as policy, zero.generation_model(policy) as policy:
@@ -379,60 +403,60 @@ class Trainer:
         rewards = per_token_rewards(logprobs, ref_logprobs, scores, mask, self.kl_coef,
                                     spec.clip_reward_value, spec.kl_estimator)
         advantages, returns = advantages_and_returns(rewards, values, mask, spec.gamma, spec.lam)
-        return {"input_ids": output, "attention_mask": attention, "prompt_length": prompt_length, "mask": mask,
-                "logprobs": logprobs, "ref_logprobs": ref_logprobs, "values": values * mask,
-                "advantages": advantages, "returns": returns, "scores": raw_scores,
-                "responses": responses, "generation_seconds": generation_seconds}
+        return Rollout(output, attention, mask, logprobs, ref_logprobs, values * mask, advantages, returns,
+                       raw_scores, prompt_length, responses, generation_seconds)
 
-    def update(self, batch: dict, step: int) -> dict:
-        spec, roles = self.spec, self.roles
+    def update(self, batch: Rollout, step: int) -> dict:
+        """ppo_epochs passes over the rollout batch in shuffled mini-batches, one optimizer step each."""
         for role in ("policy", "critic"):
-            roles.models[role].train()
+            self.roles.models[role].train()
         stats = {"policy_loss": [], "value_loss": [], "clip_fraction": [], "entropy": [], "max_ratio": []}
-        size = batch["input_ids"].shape[0]  # this worker's rows
-        mini_size = spec.mini_batch_size // rank_and_world()[1]
-        for _ in range(spec.ppo_epochs):
+        size = batch.input_ids.shape[0]  # this worker's rows
+        mini_size = self.spec.mini_batch_size // rank_and_world()[1]
+        for _ in range(self.spec.ppo_epochs):
             order = torch.randperm(size)
             for start in range(0, size, mini_size):
-                mini = order[start:start + mini_size]
-                tokens = all_reduce(batch["mask"][mini].sum()).clamp(min=1)  # the whole mini-batch's
-                totals = dict.fromkeys(("policy_loss", "value_loss", "clip_fraction", "entropy"), 0.0)
-                max_ratio = 0.0
-                for idx in mini.split(spec.micro_batch):
-                    mb = {k: v[idx] for k, v in batch.items() if torch.is_tensor(v) and v.dim() > 0 and v.shape[0] == size}
-                    # each micro-batch's token mean, weighted by its share of the mini-batch's tokens:
-                    # the accumulated gradient is that of the mini-batch's token mean
-                    weight = mb["mask"].sum() / tokens
-                    with roles.use("policy") as policy:
-                        with self.autocast:
-                            logprobs, entropy = token_logprobs(policy, mb["input_ids"], mb["attention_mask"],
-                                                               batch["prompt_length"], with_entropy=True)
-                        actor_loss, ratio, clip_fraction = policy_loss(logprobs, mb["logprobs"], mb["advantages"],
-                                                                       mb["mask"], spec.cliprange)
-                        max_ratio = max(max_ratio, (ratio * mb["mask"]).max().item())
-                        self._check(actor_loss, max_ratio, step)
-                        self._backward("policy", actor_loss * weight)
-                    with roles.use("critic") as critic:
-                        with self.autocast:
-                            values = token_values(critic, mb["input_ids"], mb["attention_mask"],
-                                                  batch["prompt_length"])
-                        critic_loss = value_loss(values, mb["values"], mb["returns"], mb["mask"],
-                                                 spec.cliprange_value)
-                        self._check(critic_loss, None, step)
-                        self._backward("critic", critic_loss * weight)
-                    for key, value in (("policy_loss", actor_loss), ("value_loss", critic_loss),
-                                       ("clip_fraction", clip_fraction),
-                                       ("entropy", masked_mean(entropy.detach(), mb["mask"]))):
-                        totals[key] += (value.detach() * weight).item()
-                for role in ("policy", "critic"):
-                    self._step(role)
-                    self.schedulers[role].step()
-                where = batch["mask"].device  # NCCL reduces tensors on the GPU only
-                summed = all_reduce(torch.tensor(list(totals.values()), dtype=torch.float64, device=where))
-                for key, value in zip(totals, summed.tolist()):
+                for key, value in self.update_mini_batch(batch, order[start:start + mini_size], step).items():
                     stats[key].append(value)
-                stats["max_ratio"].append(all_reduce(torch.tensor(max_ratio, device=where), "max").item())
         return {k: (max(v) if k == "max_ratio" else sum(v) / len(v)) for k, v in stats.items()}
+
+    def update_mini_batch(self, batch: Rollout, mini: torch.Tensor, step: int) -> dict:
+        """One optimizer step of policy and critic on the rows `mini`, accumulated over micro-batches; its
+        token-mean losses over every worker's rows."""
+        spec, roles = self.spec, self.roles
+        tokens = all_reduce(batch.mask[mini].sum()).clamp(min=1)  # the whole mini-batch's
+        totals = dict.fromkeys(("policy_loss", "value_loss", "clip_fraction", "entropy"), 0.0)
+        max_ratio = 0.0
+        for idx in mini.split(spec.micro_batch):
+            mb = batch.rows(idx)
+            # each micro-batch's token mean, weighted by its share of the mini-batch's tokens: the
+            # accumulated gradient is that of the mini-batch's token mean
+            weight = mb["mask"].sum() / tokens
+            with roles.use("policy") as policy:
+                with self.autocast:
+                    logprobs, entropy = token_logprobs(policy, mb["input_ids"], mb["attention_mask"],
+                                                       batch.prompt_length, with_entropy=True)
+                actor_loss, ratio, clip_fraction = policy_loss(logprobs, mb["logprobs"], mb["advantages"], mb["mask"],
+                                                               spec.cliprange)
+                max_ratio = max(max_ratio, (ratio * mb["mask"]).max().item())
+                self._check(actor_loss, max_ratio, step)
+                self._backward("policy", actor_loss * weight)
+            with roles.use("critic") as critic:
+                with self.autocast:
+                    values = token_values(critic, mb["input_ids"], mb["attention_mask"], batch.prompt_length)
+                critic_loss = value_loss(values, mb["values"], mb["returns"], mb["mask"], spec.cliprange_value)
+                self._check(critic_loss, None, step)
+                self._backward("critic", critic_loss * weight)
+            for key, value in (("policy_loss", actor_loss), ("value_loss", critic_loss), ("clip_fraction", clip_fraction),
+                               ("entropy", masked_mean(entropy.detach(), mb["mask"]))):
+                totals[key] += (value.detach() * weight).item()
+        for role in ("policy", "critic"):
+            self._step(role)
+            self.schedulers[role].step()
+        where = batch.mask.device  # NCCL reduces tensors on the GPU only
+        summed = all_reduce(torch.tensor(list(totals.values()), dtype=torch.float64, device=where)).tolist()
+        return {**dict(zip(totals, summed, strict=True)),
+                "max_ratio": all_reduce(torch.tensor(max_ratio, device=where), "max").item()}
 
     def _backward(self, role: str, loss) -> None:
         if engine := self.trained_engines.get(role):
@@ -467,15 +491,15 @@ class Trainer:
             error = max(min(kl / self.spec.kl_target - 1, 0.2), -0.2)
             self.kl_coef *= 1 + error * self.spec.rollout_batch_size / self.spec.kl_horizon
 
-    def step_metrics(self, step: int, batch: dict, losses: dict, seconds: float) -> dict:
+    def step_metrics(self, step: int, batch: Rollout, losses: dict, seconds: float) -> dict:
         """Over the whole rollout batch (every worker's rows)."""
-        mask = batch["mask"]
-        scores = all_gather(batch["scores"])
-        kl = all_gather(((batch["logprobs"] - batch["ref_logprobs"]) * mask).sum(1)).mean().item()
+        mask = batch.mask
+        scores = all_gather(batch.scores)
+        kl = all_gather(((batch.logprobs - batch.ref_logprobs) * mask).sum(1)).mean().item()
         return {"step": step, "reward_mean": scores.mean().item(), "reward_std": scores.std().item(),
                 "kl_to_reference": kl, "kl_coef": self.kl_coef,
                 "response_length": all_gather(mask.sum(1)).mean().item(),
-                "generation_seconds": round(batch["generation_seconds"], 2), "step_seconds": round(seconds, 2),
+                "generation_seconds": round(batch.generation_seconds, 2), "step_seconds": round(seconds, 2),
                 **losses}
 
 
@@ -586,14 +610,17 @@ def train_ppo(run: Run, name: str, variant: PPOVariant, out_dir: Path, roles: Ro
             started = time.time()
             if world > 1:  # workers sample independently, and a resumed run samples as an uninterrupted one
                 torch.manual_seed(cfg.seed + step * world + rank)
+            # 1. rollout: sample from pi_theta, score with r_phi, Eq. 3's per-token rewards, GAE
             batch = trainer.rollout(next(batches)[rank * share:(rank + 1) * share])
+            # 2. clipped policy and value updates over the batch's mini-batches
             losses = trainer.update(batch, step)
+            # 3. log (and adapt the KL coefficient, if asked)
             metrics = trainer.step_metrics(step, batch, losses, time.time() - started)
             trainer.adapt_kl(metrics["kl_to_reference"])
             history.append(metrics)
             _log_step(writer, metrics, step)
             if step % spec.sample_every == 0 or step == 1:
-                samples.append({"step": step, "response": batch["responses"][0], "reward": batch["scores"][0].item()})
+                samples.append({"step": step, "response": batch.responses[0], "reward": batch.scores[0].item()})
                 log.write(json.dumps(samples[-1]) + "\n")
             if step % spec.checkpoint_every == 0:
                 save_checkpoint(trainer, out_dir / "checkpoint", history, samples)

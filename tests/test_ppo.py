@@ -188,7 +188,7 @@ def test_micro_batches_accumulate_to_the_mini_batch_gradient(lora_run, tmp_path)
                                                        "ppo_epochs": 1})
         if micro is None:
             batch = trainer.rollout(ppo_prompts(lora_run, variant)[:4])
-            batch["mask"][0, 5:] = batch["mask"][2, 10:] = 0  # responses of different lengths: the
+            batch.mask[0, 5:] = batch.mask[2, 10:] = 0  # responses of different lengths: the
             # per-token weighting across micro-batches matters
         seen = {}
         trainer._step = lambda role, seen=seen, trainer=trainer: seen.update({
