@@ -206,10 +206,6 @@ class PPOConfig(_Section):
 
     @model_validator(mode="after")
     def _batches(self):
-        if self.temperature != 1.0 or self.top_p != 1.0:
-            raise ValueError(f"ppo.temperature={self.temperature:g} and ppo.top_p={self.top_p:g}: PPO's ratio and KL use "
-                             "the policy's own log-probabilities, which tempered or nucleus sampling does not draw "
-                             "from; sample at 1 (as DeepSpeed-Chat does)")
         if self.rollout_batch_size % self.mini_batch_size:
             raise ValueError(f"ppo.rollout_batch_size={self.rollout_batch_size} is not a multiple of "
                              f"ppo.mini_batch_size={self.mini_batch_size}")

@@ -48,7 +48,6 @@ def test_wrong_type_names_the_key(tmp_path):
     ({"split": {"gammas": [0.01]}}, "split.gammas [0.01]: 0.01 appears twice (split.gamma=0.01 is trained already)"),
     ({"ppo": None}, "split.gammas trains an MPO per threshold: it needs ppo.variants.mpo"),
     ({"ppo": {"variants": {"mpo": {"epochs": 2, "max_steps": 3}}}}, "set epochs or max_steps for a PPO variant, not both"),
-    ({"ppo": {"temperature": 0.7}}, "ppo.temperature=0.7 and ppo.top_p=1: PPO's ratio and KL use the policy's own"),
 ])
 def test_impossible_values_are_rejected(override, message):
     with pytest.raises(ConfigError, match=re.escape(message)):
