@@ -336,20 +336,13 @@ def print_dry_run(rows: list[dict]) -> None:
 
 # ---------------------------------------------------------------------------- the protocol check
 
-def _mpo_at(cfg: Config, gamma: float) -> str | None:
-    """The MPO stage trained at threshold `gamma`, if the params train one."""
-    if cfg.split.gamma == gamma:
-        return "mpo"
-    return registry.at_gamma("mpo", gamma) if gamma in cfg.split.gammas else None
-
-
 def protocol(cfg: Config) -> list[tuple[str, str | None]]:
     """Each row of the paper's Tables 2-6 and bar of Fig. 2 and Fig. 4 that these params' dataset has,
     with what produces it (a stage, or the judge / human sheets on two evaluated stages), None if nothing."""
     names = {stage.name for stage in registry.catalogue(cfg)}
     made = lambda stage: stage if stage in names else None
     evaluated = lambda policy: made(f"eval_{policy}") if policy else None
-    mpo1, mpo2 = _mpo_at(cfg, 1.0), _mpo_at(cfg, 2.0)
+    mpo1, mpo2 = registry.mpo_at(cfg, 1.0), registry.mpo_at(cfg, 2.0)
     rows = [("Table 2: RM accuracy on held-out pairs", made("rm")),
             ("Table 3: SFT", evaluated("sft")), ("Table 3: DPO", evaluated("dpo_full")),
             ("Table 3 (text): DPO-base", evaluated("dpo_base")), ("Table 3: PPO", evaluated("ppo_full")),

@@ -102,7 +102,7 @@ def responses(run: Run, policy: str) -> list[dict]:
 def _paper_value(run: Run, table: str, policy: str):
     value = RESULTS.get(run.cfg.data.dataset, {}).get(table, {}).get(stages.paper_row(policy))
     if isinstance(value, dict):  # MPO in Table 3: the row of the stage's gamma, else both
-        gamma = stages.gamma_of(policy) or run.cfg.split.gamma
+        gamma = run.cfg.split.gamma if (own := stages.gamma_of(policy)) is None else own
         return value.get(gamma, " / ".join(f"{v} (γ={g:g})" for g, v in value.items()))
     return value
 

@@ -112,6 +112,13 @@ def gamma_of(name: str) -> float | None:
     return float(found.group(2).replace("p", ".")) if found else None
 
 
+def mpo_at(cfg: Config, gamma: float) -> str | None:
+    """The MPO stage these params train at threshold `gamma` (mpo at split.gamma), if any."""
+    if cfg.split.gamma == gamma:
+        return "mpo"
+    return at_gamma("mpo", gamma) if gamma in cfg.split.gammas else None
+
+
 def paper_row(name: str) -> str:
     """The stage whose paper row a stage reproduces: mpo_gamma1 is MPO's row (at gamma 1)."""
     found = GAMMA_COPY.match(name)
