@@ -1,4 +1,5 @@
-"""Command line: `python -m mpo_lib data|pipeline|stage --params params/X.yaml [--set key=value ...]`."""
+"""Command line: `python -m mpo_lib data|pipeline|stage --params params/X.yaml [--set key=value ...]`, and
+`python -m mpo_lib export --run-dir R --stage S --to DIR` (a finished stage as files that load anywhere)."""
 from __future__ import annotations
 
 import argparse
@@ -77,6 +78,13 @@ def stage_command(args) -> None:
     worker_main(args.params, args.run_dir, args.stage, args.overrides)
 
 
+def export_command(args) -> None:
+    from .export import export, open_finished
+
+    folder = export(open_finished(args.run_dir, args.stage), args.stage, Path(args.to), args.push_to_hub)
+    print(f"exported {args.stage} from {args.run_dir} to {folder}")
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m mpo_lib", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -102,6 +110,13 @@ def main(argv=None) -> int:
                                   "run nothing")
         if name == "stage":
             sub.add_argument("stage", help="sft, rm, resample, dpo, a PPO variant or an ablation")
+    sub = commands.add_parser("export", help="a finished stage as a from_pretrained model with its card, or a "
+                                             "split as a datasets preference dataset")
+    sub.add_argument("--run-dir", required=True, help="the run directory, e.g. runs/cpu_small")
+    sub.add_argument("--stage", required=True, help="a policy (sft, dpo, mpo, ppo_full, ...), rm, or a split")
+    sub.add_argument("--to", required=True, help="the folder to write")
+    sub.add_argument("--push-to-hub", metavar="REPO", help="also upload it to this Hugging Face Hub repository")
+    sub.set_defaults(handler=export_command, sets=[], no_wait=False)
     args = parser.parse_args(argv)
     if args.run_dir:  # relative to where the command runs; the library resolves relative paths from the project
         args.run_dir = str(Path(args.run_dir).resolve())

@@ -18,6 +18,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import yaml
+
 from .config import PROJECT_ROOT, Config
 from .distributed import barrier, is_main_process, rank_and_world
 from .run_lock import building
@@ -161,6 +163,8 @@ class Run:
             if not marked:
                 if is_main_process():
                     self._prepare_partial(partial, {"settings": settings, "upstream": upstream_hashes, "hash": digest})
+                    # the params it was built with: what `python -m mpo_lib export` reopens the run with
+                    (partial / "params.yaml").write_text(yaml.safe_dump(self.cfg.source_params, sort_keys=False))
                 barrier()
                 started = time.time()
                 metrics = build(partial)  # every launched process trains; the main one writes

@@ -6,6 +6,7 @@ to decide whether a finished stage can be reused. Errors name the params file an
 from __future__ import annotations
 
 import difflib
+import importlib.util
 import json
 import math
 import os
@@ -252,18 +253,53 @@ class EvalConfig(_Section):
     case_studies: int = Field(3, ge=0, description="held-out prompts shown side by side (Table 7)")
 
 
+class TrackingConfig(_Section):
+    """Where every training stage (SFT, RM, DPO through TRL; PPO through the kit) logs its curves.
+    Not in any stage's hash: logging does not change what trains."""
+    # tensorboard: <run>/<stage>/tensorboard/ (`tensorboard --logdir runs/<run_name>`); wandb, trackio: their own
+    # stores (installed by the user: `pip install wandb` or `pip install trackio`); [] logs to JSON only
+    report_to: list[Literal["tensorboard", "wandb", "trackio"]] = ["tensorboard"]
+    project: str | None = None  # wandb/trackio project; unset: the run's run_name
+
+
 class LaunchConfig(_Section):
     """1 process: every stage runs in the notebook's kernel. More: the training stages run under
     `accelerate launch` (mpo_lib/launch.py) with this many processes in all, on every machine."""
     num_processes: int = Field(1, gt=0)
-    deepspeed_config: str | None = None  # a DeepSpeed JSON (params/deepspeed/); its ZeRO stage
-    accelerate_config: str | None = None  # an `accelerate config` YAML: multi-node settings (machines, rank, address)
+    # an `accelerate config` file (params/accelerate/: multi_gpu, zero2, zero3, a multi_node template), passed to
+    # `accelerate launch --config_file`; unset: multi_gpu.yaml, or zero2/zero3.yaml by deepspeed_config's ZeRO stage
+    accelerate_config: str | None = None
+    # a DeepSpeed JSON (params/deepspeed/); unset: the one a DeepSpeed accelerate_config names
+    deepspeed_config: str | None = None
     device_memory_gb: float | None = Field(None, gt=0, description="the dry run flags stages estimated above it")
     # resampling and evaluation: the kit's sampler, sharded over the launched workers, or vLLM (an optional
     # extra: pip install vllm) in one process
     generation_backend: Literal["kit", "vllm"] = "kit"
     vllm_tensor_parallel: int = Field(1, gt=0, description="GPUs per vLLM engine (divides the attention heads)")
     vllm_memory_fraction: float = Field(0.6, gt=0, le=1, description="of each GPU's memory, for weights and KV cache")
+
+    @model_validator(mode="after")
+    def _files(self):
+        for key in ("accelerate_config", "deepspeed_config"):
+            if (path := getattr(self, key)) and not (PROJECT_ROOT / path).is_file():
+                raise ValueError(f"launch.{key}: {path} is not a file")
+        if self.accelerate_config:
+            accelerate = yaml.safe_load((PROJECT_ROOT / self.accelerate_config).read_text())
+            if not isinstance(accelerate, dict) or "distributed_type" not in accelerate:
+                raise ValueError(f"launch.accelerate_config: {self.accelerate_config} is not an `accelerate config` "
+                                 "file (it has no distributed_type); see params/accelerate/")
+            if accelerate["distributed_type"] == "DEEPSPEED" and not self.deepspeed_config:
+                named = (accelerate.get("deepspeed_config") or {}).get("deepspeed_config_file")
+                if not named or not (PROJECT_ROOT / named).is_file():
+                    raise ValueError(f"launch.accelerate_config {self.accelerate_config}: a DeepSpeed config whose "
+                                     f"deepspeed_config.deepspeed_config_file ({named}) is not a file")
+                self.deepspeed_config = named
+        return self
+
+    def accelerate_file(self) -> str:
+        """The accelerate config file the launcher passes."""
+        stage = self.zero_stage()
+        return self.accelerate_config or f"params/accelerate/{'zero3' if stage == 3 else 'zero2' if stage else 'multi_gpu'}.yaml"
 
     def deepspeed(self) -> dict:
         """deepspeed_config's JSON ({} without DeepSpeed)."""
@@ -288,6 +324,7 @@ class Config(_Section):
     ppo: PPOConfig | None = None
     ablations: list[str] = []  # names from stages.ABLATIONS (notebook 06); what an ablation needs runs first
     eval: EvalConfig = EvalConfig()
+    tracking: TrackingConfig = TrackingConfig()
     launch: LaunchConfig = LaunchConfig()
     _params: dict = PrivateAttr(default_factory=dict)
 
@@ -300,9 +337,6 @@ class Config(_Section):
                                      f"model.max_position={self.model.max_position}")
         if self.model.name == "tiny" and self.model.tiny.hidden_size % self.model.tiny.num_heads:
             raise ValueError("model.tiny.hidden_size must be divisible by model.tiny.num_heads")
-        for key in ("deepspeed_config", "accelerate_config"):
-            if (path := getattr(self.launch, key)) and not (PROJECT_ROOT / path).is_file():
-                raise ValueError(f"launch.{key}: {path} is not a file")
         if self.launch.num_processes == 1 and self.launch.zero_stage() == 3:
             raise ValueError(f"launch.deepspeed_config {self.launch.deepspeed_config} is ZeRO-3, which partitions the "
                              "weights across launched processes: it cannot run in-process (launch.num_processes=1); "
@@ -340,6 +374,9 @@ class Config(_Section):
             if name not in policies(self):
                 raise ValueError(f"eval.compare: {name!r} is not a policy these params train "
                                  f"({', '.join(sorted(policies(self)))})")
+        for backend in self.tracking.report_to:
+            if backend != "tensorboard" and importlib.util.find_spec(backend) is None:
+                raise ValueError(f"tracking.report_to: {backend!r} is not installed (pip install {backend})")
         if self.rm.subsets and not set(self.rm.subsets) <= set(self.data.subsets):
             raise ValueError(f"rm.subsets {self.rm.subsets} must be among data.subsets {self.data.subsets}")
         return self

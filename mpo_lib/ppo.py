@@ -66,6 +66,7 @@ from .launch import run_stage
 from .models import device, load_stage_model, load_tokenizer, lora_config, save_stage_model, to_device
 from .resample import decode_responses, load_pairs, load_split, positions, sample_batch
 from .reward import score
+from .tracking import Tracker
 
 
 class PPOFault(RuntimeError):
@@ -519,11 +520,6 @@ def prompt_batches(prompts: list[str], size: int, seed: int):
 CHECKPOINT = "state.pt"
 
 
-def _log_step(writer, metrics: dict, step: int) -> None:
-    for key, value in metrics.items() if writer else ():
-        writer.add_scalar(f"ppo/{key}", value, step)
-
-
 def save_checkpoint(trainer: Trainer, folder: Path, history: list[dict], samples: list[dict]) -> None:
     """Everything the next steps depend on, in one file replaced atomically (a kill while saving leaves
     the previous checkpoint): the trainable weights of policy and critic (LoRA adapters and the critic's
@@ -579,8 +575,6 @@ def load_checkpoint(trainer: Trainer, folder: Path) -> tuple[list[dict], list[di
 
 
 def train_ppo(run: Run, name: str, variant: PPOVariant, out_dir: Path, roles: Roles | None = None) -> dict:
-    from torch.utils.tensorboard import SummaryWriter
-
     cfg, spec = run.cfg, run.cfg.ppo
     tokenizer = load_tokenizer(run)
     prompts = [truncate_prompt(tokenizer, p, cfg.data.max_prompt_tokens) for p in ppo_prompts(run, variant)]
@@ -601,10 +595,10 @@ def train_ppo(run: Run, name: str, variant: PPOVariant, out_dir: Path, roles: Ro
         for _ in history:  # the prompt order continues where it stopped
             next(batches)
     # the main worker writes the curves, samples and checkpoints; the others, nowhere
-    writer = SummaryWriter(str(out_dir / "tensorboard")) if main else None
+    tracker = Tracker(cfg, name, out_dir)
     with open(out_dir / "samples.jsonl" if main else os.devnull, "w") as log:
         for step, metrics in enumerate(history, 1):  # the curves and samples of the resumed steps, again
-            _log_step(writer, metrics, step)
+            tracker.log(metrics, step)
         log.writelines(json.dumps(sample) + "\n" for sample in samples)
         for step in tqdm(range(resumed + 1, steps + 1), desc=name, initial=resumed, total=steps, disable=not main):
             started = time.time()
@@ -618,14 +612,15 @@ def train_ppo(run: Run, name: str, variant: PPOVariant, out_dir: Path, roles: Ro
             metrics = trainer.step_metrics(step, batch, losses, time.time() - started)
             trainer.adapt_kl(metrics["kl_to_reference"])
             history.append(metrics)
-            _log_step(writer, metrics, step)
+            tracker.log(metrics, step)
             if step % spec.sample_every == 0 or step == 1:
                 samples.append({"step": step, "response": batch.responses[0], "reward": batch.scores[0].item()})
                 log.write(json.dumps(samples[-1]) + "\n")
+                tracker.log_samples(samples, step)
             if step % spec.checkpoint_every == 0:
                 save_checkpoint(trainer, out_dir / "checkpoint", history, samples)
+    tracker.close()
     if main:
-        writer.close()
         (out_dir / "steps.json").write_text(json.dumps(history, indent=1))
     if engine := trainer.engines.get("policy"):
         save_stage_model(engine.module, out_dir, variant.init, run, zero.state_dict_to_save(engine))

@@ -55,12 +55,12 @@ def run_reward(run: Run, train_rows: list[dict], heldout_rows: list[dict]) -> di
         tokenizer = load_tokenizer(run)
         data = Dataset.from_list([fit_row(tokenizer, cfg, r) for r in train_rows])
         parts = data.train_test_split(test_size=cfg.rm.eval_fraction, seed=cfg.seed)
-        args = trainer_args(RewardConfig, cfg, cfg.rm, out_dir, eval_strategy="no")  # first: see trainer_args
+        args = trainer_args(RewardConfig, cfg, cfg.rm, "rm", out_dir, eval_strategy="no")  # first: see trainer_args
         trainer = RewardTrainer(
             model=untrained_reward_model(run), args=args,
             train_dataset=parts["train"], processing_class=tokenizer,
             peft_config=lora_config(cfg, "SEQ_CLS"))
-        metrics = train_and_summarise(trainer, out_dir)
+        metrics = train_and_summarise(trainer, cfg, out_dir)
         metrics["validation"] = {k.removeprefix("eval_"): v for k, v in trainer.evaluate(parts["test"]).items()}
         save_trained(trainer, out_dir, "base", run)
 

@@ -21,11 +21,11 @@ def run_sft(run: Run, rows: list[dict]) -> dict:
     def build(out_dir: Path) -> dict:
         tokenizer = load_tokenizer(run)
         data = Dataset.from_list([fit_row(tokenizer, cfg, r) for r in rows])
-        args = trainer_args(SFTConfig, cfg, cfg.sft, out_dir, completion_only_loss=True)  # first: see trainer_args
+        args = trainer_args(SFTConfig, cfg, cfg.sft, "sft", out_dir, completion_only_loss=True)  # first: see trainer_args
         trainer = SFTTrainer(
             model=load_stage_model(run, "base", dtype=weights_dtype(cfg)), args=args,
             train_dataset=data, processing_class=tokenizer, peft_config=lora_config(cfg, "CAUSAL_LM"))
-        metrics = train_and_summarise(trainer, out_dir)
+        metrics = train_and_summarise(trainer, cfg, out_dir)
         save_trained(trainer, out_dir, "base", run)
         return {"rows": len(rows), "rows_used": len(trainer.train_dataset), **metrics}
 

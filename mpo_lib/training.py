@@ -13,6 +13,7 @@ from .artifacts import announce_resume, write_json
 from .config import Config, TrainConfig
 from .distributed import is_main_process
 from .models import save_stage_model
+from .tracking import tensorboard_callbacks, trl_arguments
 from .zero import in_deepspeed_workers
 
 
@@ -23,12 +24,13 @@ def weights_dtype(cfg: Config) -> torch.dtype:
     return torch.bfloat16 if cfg.model.bf16 and in_deepspeed_workers(cfg) else torch.float32
 
 
-def trainer_args(args_class, cfg: Config, section: TrainConfig, out_dir: Path, **extra):
+def trainer_args(args_class, cfg: Config, section: TrainConfig, stage: str, out_dir: Path, **extra):
     """TRL config from one params section. Gradient checkpointing only where the section asks for it
     (TRL defaults it on): at small sizes it costs time and saves little memory. A checkpoint every section.save_steps
     optimizer steps, only the last one kept, in <stage>.partial/trainer/: a killed stage resumes there.
-    Made before the stage's models are loaded: in launched workers under ZeRO-3, while it exists, transformers
-    loads each model already partitioned (deepspeed.zero.Init), never whole on one worker."""
+    Logging as params `tracking` says (mpo_lib.tracking). Made before the stage's models are loaded: in launched
+    workers under ZeRO-3, while it exists, transformers loads each model
+    already partitioned (deepspeed.zero.Init), never whole on one worker."""
     return args_class(
         output_dir=str(out_dir / "trainer"),
         learning_rate=section.learning_rate,
@@ -46,7 +48,7 @@ def trainer_args(args_class, cfg: Config, section: TrainConfig, out_dir: Path, *
         save_strategy="steps",
         save_steps=section.save_steps,
         save_total_limit=1,
-        report_to="none",
+        **trl_arguments(cfg, stage),
         seed=cfg.seed,
         **({"optim": cfg.model.optimizer} if cfg.model.optimizer else {}),
         **extra,
@@ -68,9 +70,11 @@ def last_checkpoint(folder: Path) -> tuple[int, Path] | None:
     return newest
 
 
-def train_and_summarise(trainer, out_dir: Path) -> dict:
+def train_and_summarise(trainer, cfg: Config, out_dir: Path) -> dict:
     """Train (from the last checkpoint of an interrupted attempt, if there is one), keep the per-step
-    log as log_history.json, return first/last values of the curve."""
+    log as log_history.json (and in TensorBoard, if tracked there), return first/last values of the curve."""
+    for callback in tensorboard_callbacks(cfg, out_dir):
+        trainer.add_callback(callback)
     resume = last_checkpoint(Path(trainer.args.output_dir))
     if resume:
         announce_resume(out_dir, *resume)

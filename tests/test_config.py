@@ -1,3 +1,4 @@
+import importlib.util
 import re
 
 import pytest
@@ -48,6 +49,7 @@ def test_wrong_type_names_the_key(tmp_path):
     ({"split": {"gammas": [0.01]}}, "split.gammas [0.01]: 0.01 appears twice (split.gamma=0.01 is trained already)"),
     ({"ppo": None}, "split.gammas trains an MPO per threshold: it needs ppo.variants.mpo"),
     ({"ppo": {"variants": {"mpo": {"epochs": 2, "max_steps": 3}}}}, "set epochs or max_steps for a PPO variant, not both"),
+    ({"launch": {"accelerate_config": "params/smoke.yaml"}}, "params/smoke.yaml is not an `accelerate config` file"),
 ])
 def test_impossible_values_are_rejected(override, message):
     with pytest.raises(ConfigError, match=re.escape(message)):
@@ -77,3 +79,30 @@ def test_papermill_injected_keys_override_the_params_file():
 
     cfg = notebook_config({"params_file": str(SMOKE), "dpo": {"beta": 0.5}, "overrides": {"seed": 3}})
     assert cfg.dpo.beta == 0.5 and cfg.seed == 3 and cfg.dpo.batch_size == 4
+
+
+@pytest.mark.parametrize("launch, config_file, deepspeed", [
+    ({}, "params/accelerate/multi_gpu.yaml", None),
+    ({"deepspeed_config": "params/deepspeed/zero2.json"}, "params/accelerate/zero2.yaml", "params/deepspeed/zero2.json"),
+    ({"accelerate_config": "params/accelerate/zero3.yaml"}, "params/accelerate/zero3.yaml", "params/deepspeed/zero3.json"),
+    ({"accelerate_config": "params/accelerate/multi_node.yaml"}, "params/accelerate/multi_node.yaml",
+     "params/deepspeed/zero3.json"),
+])
+def test_launched_stages_run_from_a_shipped_accelerate_config_file(launch, config_file, deepspeed):
+    from accelerate.commands.config.config_args import ClusterConfig
+
+    from mpo_lib.launch import stage_command
+
+    cfg = load_config(SMOKE, {"launch": {"num_processes": 2, **launch}, "ppo": {"micro_batch_size": 1}})
+    command = stage_command(cfg, "dpo", "runs/smoke/launch/dpo.yaml", "runs/smoke")
+    assert command[command.index("--config_file") + 1] == config_file and cfg.launch.deepspeed_config == deepspeed
+    accelerate = ClusterConfig.from_yaml_file(ROOT / config_file)  # as `accelerate launch` reads it
+    assert (accelerate.distributed_type == "DEEPSPEED") == (deepspeed is not None)
+    assert accelerate.mixed_precision is None  # beside a DeepSpeed JSON accelerate refuses it: the launcher passes it
+
+
+def test_an_uninstalled_tracking_backend_is_named():
+    if importlib.util.find_spec("wandb"):
+        pytest.skip("wandb is installed here")
+    with pytest.raises(ConfigError, match=re.escape("tracking.report_to: 'wandb' is not installed (pip install wandb)")):
+        load_config(SMOKE, {"tracking": {"report_to": ["tensorboard", "wandb"]}})

@@ -48,9 +48,9 @@ class StopAfterSave(TrainerCallback):
 
 train, save = sft.train_and_summarise, ppo.save_checkpoint
 
-def train_and_stop(trainer, out_dir):
+def train_and_stop(trainer, cfg, out_dir):
     trainer.add_callback(StopAfterSave)
-    return train(trainer, out_dir)
+    return train(trainer, cfg, out_dir)
 
 def save_and_stop(trainer, folder, history, samples):
     save(trainer, folder, history, samples)
@@ -181,9 +181,9 @@ def test_a_lora_reward_model_stopped_by_ctrl_c_resumes_from_its_checkpoint(lora_
     reward.run_reward(uninterrupted, splits.train, splits.heldout)
     train = reward.train_and_summarise
 
-    def train_until_ctrl_c(trainer, out_dir):
+    def train_until_ctrl_c(trainer, cfg, out_dir):
         trainer.add_callback(CtrlC)
-        return train(trainer, out_dir)
+        return train(trainer, cfg, out_dir)
 
     monkeypatch.setattr(reward, "train_and_summarise", train_until_ctrl_c)
     torch.manual_seed(0)
@@ -222,13 +222,14 @@ def test_a_partial_of_another_config_is_wiped_one_of_the_same_keeps_only_its_che
     with pytest.raises(KeyboardInterrupt):
         toy_stage(run, 1, interrupted)
     toy_stage(run, 1, resumed)
-    assert seen == [["checkpoint", "config.json"]]  # the same config: its checkpoint, nothing else
+    # the same config: its checkpoint and its records (hash, params), nothing else
+    assert seen == [["checkpoint", "config.json", "params.yaml"]]
     assert not (run.path / "toy" / "checkpoint").exists()
 
     with pytest.raises(KeyboardInterrupt):
         toy_stage(run, 2, interrupted)
     toy_stage(run, 3, resumed)
-    assert seen[-1] == ["config.json"]  # another config: nothing of the earlier attempt
+    assert seen[-1] == ["config.json", "params.yaml"]  # another config: nothing of the earlier attempt
 
 
 def test_a_stage_killed_between_its_marker_and_its_rename_is_not_rebuilt(tmp_path):
