@@ -2,7 +2,7 @@
 (params), data, models, artifacts (the run directory), stages (the registry of every stage), launch
 (in the kernel or on launched workers), one module per stage kind (stats, sft, reward, resample,
 dpo, ppo, ablations, evaluation), bootstrap (intervals), judge and human_eval, figures, report,
-pipeline (papermill) and the CLI (docs/architecture.md)."""
+pipeline (papermill), export, tracking and the CLI (docs/architecture.md)."""
 import sys
 
 # peft imports bitsandbytes whenever it is installed (~120 MB resident and a second in every process):
@@ -14,7 +14,10 @@ from .config import Config, ConfigError, load_config, notebook_config  # noqa: E
 
 
 def open_run(namespace: dict) -> Run:
-    """The run a notebook works in, from its parameters cell (params_file, run_dir, overrides)."""
+    """The run a notebook works in, from its parameters cell (params_file, run_dir, overrides). Tables print
+    a row per line, however wide (JupyterLab shows their HTML): the same text whatever their numbers' widths."""
+    import pandas as pd
+    pd.set_option("display.expand_frame_repr", False)
     return Run(notebook_config(namespace), namespace.get("run_dir"))
 
 

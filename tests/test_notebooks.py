@@ -9,6 +9,7 @@ import pytest
 
 from mpo_lib.resample import sizes_by_gamma
 
+import notebook_check
 from conftest import ROOT
 
 
@@ -59,6 +60,41 @@ def test_figures_and_executed_notebooks_are_in_the_run(smoke_run):
     assert executed == sorted(nb.name for nb in (ROOT / "notebooks").glob("*.ipynb"))
     assert executed[:6] == ["00_data_stats.ipynb", "01_sft.ipynb", "02_reward_model.ipynb",
                             "03_resample_split.ipynb", "04_dpo.ipynb", "05_ppo.ipynb"]
+
+
+def test_every_training_stage_logs_each_step_to_tensorboard(smoke_run):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from mpo_lib import stages
+
+    trained = stages.of_kind(smoke_run.cfg, stages.SFT, stages.RM, stages.DPO, stages.PPO)
+    assert len(trained) == 15  # sft, rm, 5 DPO and 8 PPO stages (2 thresholds, every ablation)
+    for stage in trained:
+        events = EventAccumulator(str(smoke_run.path / stage.name / "tensorboard")).Reload()
+        metrics = smoke_run.metrics(stage.name)
+        if stage.kind is stages.PPO:
+            tag, steps = "ppo/reward_mean", metrics["steps"]
+            assert "ppo/samples/text_summary" in events.Tags()["tensors"], stage.name  # the samples table (Text tab)
+        else:
+            tag, steps = "train/loss", metrics["optimizer_steps"]
+        assert [point.step for point in events.Scalars(tag)] == list(range(1, steps + 1)), stage.name
+
+
+def test_every_notebook_runs_and_shows_its_tables_and_figures_under_nbval(smoke_run, tmp_path):
+    executed = sorted((smoke_run.path / "notebooks").glob("*.ipynb"))
+    result = notebook_check.nbval([notebook_check.check_copy(nb, tmp_path) for nb in executed], tmp_path)
+    code_cells = sum(len([c for c in nbformat.read(nb, as_version=4).cells if c.cell_type == "code"]) for nb in executed)
+    assert result.returncode == 0 and f"{code_cells} passed" in result.stdout, result.stdout[-4000:]
+
+
+def test_nbval_fails_a_notebook_that_stops_showing_its_table(smoke_run, tmp_path):
+    copy = notebook_check.check_copy(smoke_run.path / "notebooks" / "00_data_stats.ipynb", tmp_path)
+    notebook = nbformat.read(copy, as_version=4)
+    table1 = notebook_check.tagged(notebook)[0]
+    table1.source = table1.source.replace("stats.table1(metrics)", "table = stats.table1(metrics)")  # computed, not shown
+    nbformat.write(notebook, copy)
+    result = notebook_check.nbval([copy], tmp_path)
+    assert result.returncode == 1 and "1 failed" in result.stdout and "Missing output fields" in result.stdout
 
 
 def test_resumed_pipeline_reuses_finished_stages(smoke_run, capsys):
