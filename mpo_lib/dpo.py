@@ -1,8 +1,9 @@
 """Stage `dpo` (MPO's first stage) and the DPO ablations, with TRL's DPOTrainer (Eq. 2, sigmoid
 loss, beta from params). Stage `dpo` starts from SFT with SFT as reference, on D^e;
 an ablation (stages.ABLATIONS) names its own start, reference and pairs. With LoRA a reference
-equal to the start is the start's weights with the adapter disabled; any other reference, and
-every reference in full fine-tuning, is a separate frozen copy.
+equal to the start is the start's weights with the adapter disabled; any other reference, every
+reference in full fine-tuning and every reference of a 4-bit run (whose start is a stack of frozen
+adapters) is a separate frozen copy.
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from .artifacts import Run
 from .config import DPOVariant
 from .data import fit_row
 from .launch import run_stage
-from .models import load_stage_model, load_tokenizer, lora_config
+from .models import is_adapter, load_stage_model, load_tokenizer, lora_config
 from .resample import load_pairs, load_split, split_by_gap
 from .training import save_trained, train_and_summarise, trainer_args, weights_dtype
 
@@ -49,6 +50,18 @@ def dpo_pairs(run: Run, variant: DPOVariant, offline_rows: list[dict]) -> list[d
     return [pair for pair in ordered if pair["prompt"] in hard]
 
 
+def with_trained_adapter(stacked, peft):
+    """A stacked stage model (models.load_stage_model of a 4-bit run) with a new trainable adapter ("default",
+    what save_stage_model keeps) active on top of its frozen ones. The reference is then a separate copy: TRL's
+    own adapter reference (its "ref" copy of "default" alone) would drop the frozen chain."""
+    frozen = list(stacked.peft_config)
+    stacked.add_adapter("default", peft)
+    stacked.base_model.set_adapter([*frozen, "default"], inference_mode=True)  # all frozen, then the new one on
+    for name, param in stacked.named_parameters():
+        param.requires_grad_(".default." in name)
+    return stacked
+
+
 def run_dpo(run: Run, offline_rows: list[dict], name: str = "dpo") -> dict:
     cfg = run.cfg
     variant = dpo_variant(run, name)
@@ -60,12 +73,18 @@ def run_dpo(run: Run, offline_rows: list[dict], name: str = "dpo") -> dict:
         tokenizer = load_tokenizer(run, padding_side="left")
         data = Dataset.from_list([fit_row(tokenizer, cfg, p) for p in pairs])
         peft = lora_config(cfg, "CAUSAL_LM")
-        adapter_is_reference = peft is not None and variant.reference == variant.init
         args = trainer_args(DPOConfig, cfg, cfg.dpo, name, out_dir, beta=cfg.dpo.beta)  # first: see trainer_args
         load = partial(load_stage_model, run, dtype=weights_dtype(cfg))
-        trainer = DPOTrainer(
-            model=load(variant.init), ref_model=None if adapter_is_reference else load(variant.reference), args=args,
-            train_dataset=data, processing_class=tokenizer, peft_config=peft)
+        model = load(variant.init)
+        if is_adapter(model):  # a 4-bit run's chain, unmerged: the new adapter trains on top of its frozen ones
+            model = with_trained_adapter(model, peft)
+            peft = None
+        adapter_is_reference = peft is not None and variant.reference == variant.init
+        reference = None if adapter_is_reference else load(variant.reference)
+        if is_adapter(reference):  # TRL calls a reference as a transformers model: the stack's layers live in it
+            reference = reference.get_base_model()
+        trainer = DPOTrainer(model=model, ref_model=reference, args=args, train_dataset=data, processing_class=tokenizer,
+                             peft_config=peft)
         metrics = train_and_summarise(trainer, cfg, out_dir)
         steps = [e for e in trainer.state.log_history if "rewards/margins" in e]
         # the logged margins of a one-epoch run are on pairs not yet trained on; after training, the

@@ -169,8 +169,8 @@ def load_tokenizer(run: Run, padding_side: str = "right"):
 
 def load_stage_model(run: Run, stage: str, head: str = "lm", dtype: torch.dtype = torch.float32,
                      quantized: bool = True):
-    """The model a finished stage produced, adapters merged. head: "lm" (policy) or "score" (reward/value).
-    quantized=False loads a 4-bit run's base in `dtype` instead (an exported model: adapters merged exactly)."""
+    """The model a finished stage produced, adapters merged (a 4-bit run's: stacked, unmerged). head: "lm" (policy)
+    or "score" (reward/value). quantized=False loads a 4-bit run's base in `dtype` instead, adapters merged exactly."""
     stage_dir = run.require(stage)
     record = read_json(stage_dir / "model.json")
     if record["kind"] == "full":
@@ -183,8 +183,41 @@ def load_stage_model(run: Run, stage: str, head: str = "lm", dtype: torch.dtype 
             model.config.pad_token_id = load_tokenizer(run).pad_token_id
         return model
     from peft import PeftModel
+    if run.cfg.model.quantization == "4bit" and quantized:
+        # merged into NF4 weights, an update of a fraction of a percent of a weight is re-quantised away:
+        # the chain's adapters stay unmerged over the 4-bit base, all active, all frozen
+        root, chain = stage_chain(run, stage)
+        model = PeftModel.from_pretrained(load_stage_model(run, root, head, dtype), run.stage_dir(chain[0]) / "adapter",
+                                          adapter_name=f"stage_{chain[0]}")
+        model.base_model.set_adapter(load_frozen_adapters(model, run, chain), inference_mode=True)
+        return model
     base = load_stage_model(run, record["base_stage"], head, dtype, quantized)
     return PeftModel.from_pretrained(base, stage_dir / "adapter").merge_and_unload()
+
+
+def stage_chain(run: Run, stage: str) -> tuple[str, list[str]]:
+    """(the full-weights stage under `stage`, the adapter stages from it up to `stage`)."""
+    chain = []
+    while (record := read_json(run.require(stage) / "model.json"))["kind"] == "lora":
+        chain.insert(0, stage)
+        stage = record["base_stage"]
+    return stage, chain
+
+
+def load_frozen_adapters(peft_model, run: Run, stages: list[str]) -> list[str]:
+    """Each finished stage's adapter in `peft_model`, unmerged, as stage_<stage> (those not loaded yet): their
+    names. A finished stage is a fixed function, as its merged weights were: no dropout."""
+    from peft.tuners.lora import LoraLayer
+
+    names = [f"stage_{stage}" for stage in stages]
+    for name, stage in zip(names, stages):
+        if name not in peft_model.peft_config:
+            peft_model.load_adapter(run.stage_dir(stage) / "adapter", adapter_name=name)
+    for layer in peft_model.modules():
+        if isinstance(layer, LoraLayer):
+            for name in set(names) & layer.lora_dropout.keys():
+                layer.lora_dropout[name] = torch.nn.Identity()
+    return names
 
 
 def four_bit():

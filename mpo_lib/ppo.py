@@ -58,12 +58,21 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from . import stages, zero
-from .artifacts import Run, announce_resume, read_json
+from .artifacts import Run, announce_resume
 from .config import PPOVariant
 from .data import truncate_prompt
 from .distributed import all_gather, all_reduce, is_main_process, rank_and_world
 from .launch import run_stage
-from .models import device, load_stage_model, load_tokenizer, lora_config, save_stage_model, to_device
+from .models import (
+    device,
+    load_frozen_adapters,
+    load_stage_model,
+    load_tokenizer,
+    lora_config,
+    save_stage_model,
+    stage_chain,
+    to_device,
+)
 from .resample import decode_responses, load_pairs, load_split, positions, sample_batch
 from .reward import score
 from .tracking import Tracker
@@ -158,15 +167,6 @@ class Roles:
         yield self.models[role]
 
 
-def stage_chain(run: Run, stage: str) -> tuple[str, list[str]]:
-    """(the full-weights stage under `stage`, the adapter stages from it up to `stage`)."""
-    chain = []
-    while (record := read_json(run.require(stage) / "model.json"))["kind"] == "lora":
-        chain.insert(0, stage)
-        stage = record["base_stage"]
-    return stage, chain
-
-
 def build_roles(run: Run, variant: PPOVariant, shared: bool | None = None) -> Roles:
     """LoRA: the four roles on one backbone. Full fine-tuning (or shared=False): four separate models."""
     shared = run.cfg.model.lora is not None if shared is None else shared
@@ -195,7 +195,6 @@ def build_roles(run: Run, variant: PPOVariant, shared: bool | None = None) -> Ro
 
 def shared_backbone_roles(run: Run, variant: PPOVariant) -> Roles:
     from peft import get_peft_model
-    from peft.tuners.lora import LoraLayer
     from safetensors.torch import load_file
 
     cfg = run.cfg
@@ -209,13 +208,7 @@ def shared_backbone_roles(run: Run, variant: PPOVariant) -> Roles:
                          "holds them only when every stage is an adapter on the same base")
     lora = get_peft_model(to_device(load_stage_model(run, roots.pop())), lora_config(cfg, "CAUSAL_LM"))
     lora.add_adapter("value", lora_config(cfg, "CAUSAL_LM"))
-    frozen = {f"stage_{stage}": stage for _, chain in chains.values() for stage in chain}
-    for name, stage in sorted(frozen.items()):
-        lora.load_adapter(run.stage_dir(stage) / "adapter", adapter_name=name)
-    for layer in lora.modules():  # a finished stage is a fixed function, as its merged weights were: no dropout
-        if isinstance(layer, LoraLayer):
-            for name in frozen.keys() & layer.lora_dropout.keys():
-                layer.lora_dropout[name] = torch.nn.Identity()
+    load_frozen_adapters(lora, run, sorted({stage for _, chain in chains.values() for stage in chain}))
     adapters = {role: [f"stage_{stage}" for stage in chain] for role, (_, chain) in chains.items()}
     adapters["policy"].append("default")
     adapters["critic"] = adapters["reward"] + ["value"]

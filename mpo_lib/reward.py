@@ -66,7 +66,9 @@ def run_reward(run: Run, train_rows: list[dict], heldout_rows: list[dict]) -> di
 
         # under ZeRO-3 (full fine-tuning only) the held-out pairs are scored by every worker together, each
         # forward gathering the shards of one layer at a time
-        model = trainer.model.merge_and_unload() if is_adapter(trainer.model) else trainer.model
+        # (a 4-bit base keeps its adapter unmerged: merged, NF4 would re-quantise the update away)
+        merge = is_adapter(trainer.model) and cfg.model.quantization is None
+        model = trainer.model.merge_and_unload() if merge else trainer.model
         prompts = [truncate_prompt(tokenizer, r["prompt"], cfg.data.max_prompt_tokens) for r in heldout_rows]
         chosen = score(model, tokenizer, prompts, [r["chosen"] for r in heldout_rows],
                        cfg.resample.score_batch_size, cfg.rm.max_length, cfg.model.bf16)

@@ -21,7 +21,7 @@ LORA = {"model": {"lora": {"r": 8, "alpha": 16}}, "sft": {"max_steps": 4}, "rm":
 
 
 # a test that needs one of these waits for a pipeline (or its first stages) to run: `make test-fast` skips it
-SLOW_FIXTURES = {"smoke_run", "lora_run"}
+SLOW_FIXTURES = {"smoke_run", "lora_run", "qlora_run"}
 
 
 def pytest_collection_modifyitems(items):

@@ -151,7 +151,8 @@ def test_dry_run_command_prints_every_stage_and_trains_nothing(tmp_path):
                             text=True, check=True)
     for stage in ("sft", "rm", "resample", "dpo", "mpo", "ppo_full", "eval"):
         assert f"\n{stage}: " in result.stdout
-    assert "accelerate.commands.launch --num_processes 8 --use_deepspeed" in result.stdout
+    assert "accelerate.commands.launch --config_file params/accelerate/zero3.yaml --num_processes 8 --use_deepspeed" \
+           in result.stdout
     assert not (tmp_path / "tldr").exists()
 
 
