@@ -181,6 +181,9 @@ class PPOConfig(_Section):
     max_new_tokens: int = Field(gt=0)
     temperature: float = Field(1.0, gt=0)
     top_p: float = Field(1.0, gt=0, le=1)
+    # DeepSpeed-Chat's LLaMA rollouts (do_sample=False): each response the policy's most likely one; the ratio
+    # and KL still use the policy's log-probabilities of those tokens (temperature and top_p unused)
+    greedy_rollouts: bool = False
     actor_lr: float = Field(gt=0)
     critic_lr: float = Field(gt=0)
     actor_weight_decay: float = Field(0.0, ge=0)

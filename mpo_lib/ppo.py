@@ -368,8 +368,9 @@ class Trainer:
         spec, tok, roles = self.spec, self.tokenizer, self.roles
         started = time.time()
         with roles.use("policy") as policy, zero.generation_model(policy) as policy:
+            temperature = 0.0 if spec.greedy_rollouts else spec.temperature  # 0: argmax
             output, prompt_mask, prompt_length = sample_batch(policy, tok, prompts, 1, spec.max_new_tokens,
-                                                              spec.temperature, spec.top_p, self.cfg.resample.stop)
+                                                              temperature, spec.top_p, self.cfg.resample.stop)
         generation_seconds = time.time() - started
         responses, stopped = decode_responses(tok, output, prompt_length, self.cfg.resample.stop)
         mask = response_mask(output[:, prompt_length:], tok.eos_token_id, tok.pad_token_id, stopped)

@@ -175,6 +175,22 @@ def test_non_finite_loss_stops_with_the_step(lora_run, tmp_path):
         trainer._check(torch.tensor(0.1), 50.0, step=3)
 
 
+def test_greedy_rollouts_are_the_same_under_any_seed_and_sampled_ones_are_not(lora_run, tmp_path):
+    from mpo_lib.ppo import Trainer, ppo_prompts
+
+    variant = PPOVariant(init="dpo", reference="dpo", prompts="all")
+    trainer = Trainer(lora_run, variant, build_roles(lora_run, variant), tmp_path, steps=4)
+    prompts = ppo_prompts(lora_run, variant)[:4]
+
+    def responses(greedy: bool, seed: int) -> list[str]:
+        trainer.spec = trainer.spec.model_copy(update={"greedy_rollouts": greedy})
+        torch.manual_seed(seed)
+        return trainer.rollout(prompts).responses
+
+    assert responses(True, 0) == responses(True, 1)
+    assert responses(False, 0) != responses(False, 1)
+
+
 def test_micro_batches_accumulate_to_the_mini_batch_gradient(lora_run, tmp_path):
     """Gradient accumulation over micro-batches changes memory, not the update."""
     from mpo_lib.ppo import Trainer, ppo_prompts
