@@ -76,9 +76,21 @@ class DataConfig(_Section):
     max_train_rows: int | None = Field(None, gt=0, description="per subset, after shuffling")
     max_prompt_tokens: int = Field(512, gt=0)
     max_response_tokens: int = Field(512, gt=0)
+    # the prompts policies are evaluated on: the held-out preference pairs' (HH's test set), or the TL;DR-SFT
+    # test posts, the paper's TL;DR protocol (hub: trl-lib/tldr "test", 6,553; local: tldr/sft/tldr_test_posts.csv,
+    # whose eval.num_prompts evaluated posts SFT then leaves out)
+    eval_prompts: Literal["held_out_pairs", "tldr_sft_test"] = "held_out_pairs"
+
+    def settings(self) -> dict:
+        """What a stage's hash takes from this section: not the folder, and eval_prompts only when it is not the
+        default (so the stages of earlier runs keep their hashes)."""
+        return self.model_dump(exclude={"data_dir"} | ({"eval_prompts"} if self.eval_prompts == "held_out_pairs"
+                                                         else set()))
 
     @model_validator(mode="after")
     def _holdout_needed(self):
+        if self.eval_prompts == "tldr_sft_test" and self.dataset != "tldr":
+            raise ValueError("data.eval_prompts 'tldr_sft_test' is TL;DR's protocol: it needs data.dataset 'tldr'")
         if self.dataset == "tldr" and self.source == "local" and self.train_split != self.eval_split:
             raise ValueError("local TL;DR comparison files have no splits: set data.train_split == data.eval_split "
                              "and hold rows out with data.holdout")

@@ -132,25 +132,37 @@ def load_tldr_subset(cfg: Config, subset: str, split: str) -> Loaded:
     return out
 
 
-def load_tldr_sft(cfg: Config) -> list[dict]:
-    """Posts with human reference summaries. Local: tldr/sft/tldr_test_posts.csv; hub: trl-lib/tldr."""
+def load_tldr_sft(cfg: Config, split: str) -> list[dict]:
+    """TL;DR-SFT posts with their human reference summaries. Hub: trl-lib/tldr's `split` (train: SFT, test: the
+    paper's evaluation posts); local: tldr/sft/tldr_test_posts.csv, the test posts, whatever the split."""
     data_dir = cfg.data_dir()
     if data_dir is None:
         import datasets
         return [{"prompt": r["prompt"], "completion": r["completion"]}
-                for r in datasets.load_dataset("trl-lib/tldr", split=cfg.data.train_split)]
+                for r in datasets.load_dataset("trl-lib/tldr", split=split)]
     path = data_dir / "tldr" / "sft" / "tldr_test_posts.csv"
     with open(path, newline="", encoding="utf-8-sig") as handle:  # csv reads CRLF rows itself
         return [{"prompt": row["query"], "completion": " " + row["reference_responses"].strip()}
                 for row in csv.DictReader(handle)]
 
 
+def tldr_sft_test_posts(cfg: Config) -> list[dict]:
+    """The evaluation posts of data.eval_prompts 'tldr_sft_test': the hub's TL;DR-SFT test split, or locally
+    eval.num_prompts posts of the local file, drawn with the run's seed (SFT trains on the others)."""
+    posts = load_tldr_sft(cfg, "test")
+    if cfg.data_dir() is not None:
+        posts = _shuffled(posts, cfg.seed)[: cfg.eval.num_prompts]
+    return [{"prompt": post["prompt"], "subset": "tldr-sft-test"} for post in posts]
+
+
 @dataclass
 class Splits:
-    """Training and held-out preference rows of a run, with what was read and dropped per subset."""
+    """Training and held-out preference rows of a run, with what was read and dropped per subset, and the rows
+    the evaluation prompts come from (data.eval_prompts: the held-out rows, or TL;DR-SFT test posts)."""
     train: list[dict]
     heldout: list[dict]
     report: dict
+    evaluation: list[dict]
 
 
 def load_preferences(cfg: Config) -> Splits:
@@ -169,7 +181,14 @@ def load_preferences(cfg: Config) -> Splits:
         train += rows[: cfg.data.max_train_rows]
         heldout += held
     # mixed across subsets, so that a cap on rows later (sft.max_rows, ...) samples every subset
-    return Splits(_shuffled(train, cfg.seed), _shuffled(heldout, cfg.seed), _report(loaded))
+    heldout = _shuffled(heldout, cfg.seed)
+    if cfg.data.eval_prompts == "tldr_sft_test":  # no stage trains on a post a policy is evaluated on
+        evaluation = tldr_sft_test_posts(cfg)
+        evaluated = {row["prompt"] for row in evaluation}
+        train = [row for row in train if row["prompt"] not in evaluated]
+    else:
+        evaluation = heldout
+    return Splits(_shuffled(train, cfg.seed), heldout, _report(loaded), evaluation)
 
 
 def _usable(part: Loaded) -> Loaded:
@@ -197,14 +216,19 @@ def _holdout(rows: list[dict], cfg: Config, size: int) -> tuple[list[dict], list
 
 
 def _report(loaded: dict[str, Loaded]) -> dict:
-    return {name: {"file": part.source, "read": part.read, "kept": len(part.rows), "dropped": dict(part.dropped),
+    """Per file: rows read, kept and dropped, and the distinct prompts kept (TL;DR compares several summary
+    pairs of one post: its prompts are fewer than its rows, and resampling draws one pair per prompt)."""
+    return {name: {"file": part.source, "read": part.read, "kept": len(part.rows),
+                   "unique_prompts": len({row["prompt"] for row in part.rows}), "dropped": dict(part.dropped),
                    "first_dropped_lines": part.dropped_lines} for name, part in loaded.items()}
 
 
 def sft_rows(cfg: Config, splits: Splits) -> list[dict]:
-    """SFT targets: HH chosen responses (the paper's choice), TL;DR reference summaries."""
+    """SFT targets: HH chosen responses (the paper's choice); TL;DR reference summaries of the TL;DR-SFT posts,
+    leaving out every post a policy is evaluated on or the RM is tested on."""
     if cfg.data.dataset == "tldr":
-        return load_tldr_sft(cfg)
+        evaluated = {row["prompt"] for row in splits.heldout + splits.evaluation}
+        return [row for row in load_tldr_sft(cfg, "train") if row["prompt"] not in evaluated]
     return [{"prompt": row["prompt"], "completion": row["chosen"]} for row in splits.train]
 
 

@@ -104,7 +104,7 @@ def dpo_spec(run: Run, name: str) -> tuple[dict, list[str]]:
     cfg, variant = run.cfg, dpo_variant(run, name)
     settings = {"dpo": cfg.dpo.model_dump(), "variant": variant.model_dump(),
                 "lora": cfg.model.lora and cfg.model.lora.model_dump(), "bf16": cfg.model.bf16, "seed": cfg.seed,
-                "data": cfg.data.model_dump(exclude={"data_dir"}), **cfg.workers()}
+                "data": cfg.data.settings(), **cfg.workers()}
     return settings, sorted({variant.init, variant.reference, *pair_sources(variant)})
 
 

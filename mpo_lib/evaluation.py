@@ -36,12 +36,13 @@ def policies(run: Run) -> list[str]:
     return [name for name in stages.policies(run.cfg) if run.is_complete(name)]
 
 
-def eval_prompts(run: Run, heldout_rows: list[dict]) -> list[dict]:
-    """eval.num_prompts distinct held-out prompts, taken from the subsets in turn."""
+def eval_prompts(run: Run, rows: list[dict]) -> list[dict]:
+    """eval.num_prompts distinct prompts of `rows` (a run's Splits.evaluation: held-out pairs, or TL;DR-SFT test
+    posts), taken from the subsets in turn."""
     cfg = run.cfg
     tokenizer = load_tokenizer(run)
     by_subset: dict[str, list[str]] = {}
-    for row in heldout_rows:
+    for row in rows:
         prompts = by_subset.setdefault(row["subset"], [])
         if row["prompt"] not in prompts:
             prompts.append(row["prompt"])

@@ -92,7 +92,7 @@ def untrained_reward_model(run: Run):
 
 def rm_spec(cfg) -> tuple[dict, list[str]]:
     return {"rm": cfg.rm.model_dump(), "lora": cfg.model.lora and cfg.model.lora.model_dump(),
-            "bf16": cfg.model.bf16, "data": cfg.data.model_dump(exclude={"data_dir"}), "seed": cfg.seed,
+            "bf16": cfg.model.bf16, "data": cfg.data.settings(), "seed": cfg.seed,
             **cfg.workers()}, ["base"]
 
 

@@ -34,7 +34,9 @@ def run_sft(run: Run, rows: list[dict]) -> dict:
 
 def sft_spec(cfg) -> tuple[dict, list[str]]:
     return {"sft": cfg.sft.model_dump(), "lora": cfg.model.lora and cfg.model.lora.model_dump(),
-            "bf16": cfg.model.bf16, "data": cfg.data.model_dump(exclude={"data_dir"}), "seed": cfg.seed,
+            "bf16": cfg.model.bf16, "data": cfg.data.settings(), "seed": cfg.seed,
+            # locally the evaluated TL;DR-SFT posts are left out of SFT: how many, decides which it trains on
+            **({"evaluated_posts": cfg.eval.num_prompts} if cfg.data.eval_prompts == "tldr_sft_test" else {}),
             **cfg.workers()}, ["base"]
 
 

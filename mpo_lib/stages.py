@@ -69,7 +69,7 @@ class Inputs:
         from .evaluation import eval_prompts
         if not self.run.is_complete("base"):
             raise PromptsUnknown("the evaluation prompts are cut with the base tokenizer: build base first")
-        return eval_prompts(self.run, self.splits.heldout)
+        return eval_prompts(self.run, self.splits.evaluation)
 
 
 class PromptsUnknown(LookupError):

@@ -25,13 +25,15 @@ SANITIZE = EXPECTED / "sanitize.cfg"
 
 
 def sanitised(outputs: list) -> list:
-    """Outputs as nbval compares them: sanitised text, no image bytes (nbval skips them; their text/plain stays)."""
+    """Outputs as nbval compares them: sanitised text, no image bytes or widget ids (nbval skips both; an image's
+    text/plain stays)."""
     patterns = get_sanitize_patterns(SANITIZE.read_text())
     clean = []
     for output in outputs:
         output = {k: v for k, v in output.items() if k not in ("execution_count", "metadata", "transient")}
         if "data" in output:
-            output["data"] = {k: v for k, v in output["data"].items() if not k.startswith("image/")}
+            output["data"] = {k: v for k, v in output["data"].items()
+                              if not k.startswith("image/") and k != "application/vnd.jupyter.widget-view+json"}
         for key, value in list(output.get("data", {}).items()) + [("text", output.get("text"))]:
             if isinstance(value, str):
                 for regex, replace in patterns:

@@ -50,6 +50,7 @@ def test_wrong_type_names_the_key(tmp_path):
     ({"ppo": None}, "split.gammas trains an MPO per threshold: it needs ppo.variants.mpo"),
     ({"ppo": {"variants": {"mpo": {"epochs": 2, "max_steps": 3}}}}, "set epochs or max_steps for a PPO variant, not both"),
     ({"launch": {"accelerate_config": "params/smoke.yaml"}}, "params/smoke.yaml is not an `accelerate config` file"),
+    ({"data": {"eval_prompts": "tldr_sft_test"}}, "data.eval_prompts 'tldr_sft_test' is TL;DR's protocol"),
 ])
 def test_impossible_values_are_rejected(override, message):
     with pytest.raises(ConfigError, match=re.escape(message)):

@@ -69,6 +69,34 @@ def test_a_held_out_tldr_post_is_in_no_training_row():
     assert len(splits.train) < 1097 - 40  # their other pairs left training
 
 
+def test_tldr_follows_the_papers_protocol_locally_no_stage_trains_on_an_evaluated_post():
+    """Evaluation on TL;DR-SFT test posts; locally those posts are the SFT file's, so SFT (and DPO, the RM) leave
+    out every post a policy is evaluated on, and SFT every post the RM is tested on."""
+    from mpo_lib.data import load_tldr_sft, sft_rows
+
+    cfg = load_config(ROOT / "params" / "smoke_tldr.yaml", {"data": {"max_train_rows": None}})
+    splits = load_preferences(cfg)
+    evaluated = {r["prompt"] for r in splits.evaluation}
+    posts = {r["prompt"] for r in load_tldr_sft(cfg, "test")}
+    assert len(evaluated) == cfg.eval.num_prompts and evaluated <= posts
+    assert {r["subset"] for r in splits.evaluation} == {"tldr-sft-test"}
+    sft = {r["prompt"] for r in sft_rows(cfg, splits)}
+    assert not sft & (evaluated | {r["prompt"] for r in splits.heldout})
+    assert len(sft) >= len(posts) - cfg.eval.num_prompts - len(splits.heldout)
+    assert not evaluated & {r["prompt"] for r in splits.train}
+    held_out_pairs = load_preferences(load_config(ROOT / "params" / "smoke_tldr.yaml",
+                                                  {"data": {"eval_prompts": "held_out_pairs"}}))
+    assert held_out_pairs.evaluation == held_out_pairs.heldout  # HH's way: the held-out pairs' prompts
+
+
+def test_table1_counts_the_distinct_prompts_tldr_compares_several_summaries_of():
+    from mpo_lib.stats import table1
+
+    splits = load_preferences(load_config(ROOT / "params" / "smoke_tldr.yaml"))
+    table = table1({"files": splits.report})
+    assert table.loc["batch13/test", "rows"] == 1097 and table.loc["batch13/test", "unique prompts"] == 905
+
+
 def copy_hh(tmp_path, subset, payload: bytes):
     folder = tmp_path / "hh-rlhf" / subset
     folder.mkdir(parents=True)
@@ -132,4 +160,4 @@ def test_bom_and_crlf_files_load_the_same_rows(tmp_path):
     windows = load_config(SMOKE, {**tldr, "data": {**tldr["data"], "data_dir": str(tmp_path)}})
     upstream = load_config(SMOKE, tldr)
     assert load_tldr_subset(windows, "batch18", "test").rows == load_tldr_subset(upstream, "batch18", "test").rows
-    assert load_tldr_sft(windows) == load_tldr_sft(upstream)
+    assert load_tldr_sft(windows, "train") == load_tldr_sft(upstream, "train")
