@@ -82,7 +82,8 @@ def worker(args) -> None:
     """One trainer in this process; prints step seconds and this process's peak RSS."""
     import torch
 
-    from mpo_lib.ppo import build_roles, train_ppo
+    from mpo_lib.ppo import train_ppo
+    from mpo_lib.roles import build_roles
 
     torch.set_num_threads(os.cpu_count() or 1)
     spec = json.loads(args.worker_spec)

@@ -254,6 +254,9 @@ class EvalConfig(_Section):
     max_new_tokens: int = Field(128, gt=0)
     temperature: float = Field(0.0, ge=0, description="0: greedy")
     top_p: float = Field(1.0, gt=0, le=1)
+    # > 1: CTRL's penalty on tokens the answer already holds (resample.penalise_repeats); greedy answers of a
+    # small model loop, and the RM scores a loop like any answer. 1: off, as the paper's decoding
+    repetition_penalty: float = Field(1.0, ge=1)
     batch_size: int = Field(16, gt=0)
     bootstrap_resamples: int = Field(9999, gt=0)
     # Table 4 (judge) and Table 5 (human sheets) compare these two policies: MPO vs PPO

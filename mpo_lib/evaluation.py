@@ -1,9 +1,9 @@
 """Notebook 07 (and the bars of notebook 06): every policy of a run answers the same held-out
 prompts with one decoding setting, and the run's reward model scores the answers.
 
-- Table 3 / Table 6 / Fig. 4: mean reward per policy with a 95% bootstrap interval, the paper's
-  value beside it. The paper's rewards come from its own 7B reward model: compare orderings and
-  gaps between policies, not absolute values.
+- Table 3 / Table 6 / Fig. 4: mean reward per policy with a 95% bootstrap interval, the share of its
+  answers that loop (a run of 4 words repeated 3 times), the paper's value beside it. The paper's rewards
+  come from its own 7B reward model: compare orderings and gaps between policies, not absolute values.
 - Paired differences: for each comparison the paper draws (COMPARISONS), the mean per-prompt
   reward difference with a paired 95% BCa interval; a difference is called real only when that
   interval excludes 0.
@@ -14,6 +14,7 @@ prompts with one decoding setting, and the run's reward model scores the answers
 """
 from __future__ import annotations
 
+import collections
 import json
 import os
 from pathlib import Path
@@ -67,7 +68,8 @@ def run_policy_eval(run: Run, policy: str, prompts: list[dict]) -> dict:
 
     def build(out_dir: Path) -> dict:
         texts = [p["prompt"] for p in prompts] + cases
-        result = sample_and_score(run, policy, texts, 1, spec, spec.batch_size)  # case prompts' rewards: unreported
+        # case prompts' rewards: unreported
+        result = sample_and_score(run, policy, texts, 1, spec, spec.batch_size, spec.repetition_penalty)
         answers, rewards = [a[0] for a in result["samples"]], [r[0] for r in result["rewards"]][:len(prompts)]
         with open(out_dir / "responses.jsonl" if is_main_process() else os.devnull, "w") as handle:
             for k, text in enumerate(texts):
@@ -87,7 +89,9 @@ def run_policy_eval(run: Run, policy: str, prompts: list[dict]) -> dict:
 
 def eval_spec(run: Run, policy: str, prompts: list[dict]) -> tuple[dict, list[str]]:
     cfg = run.cfg
-    settings = {"eval": cfg.eval.model_dump(include={"max_new_tokens", "temperature", "top_p", "bootstrap_resamples"}),
+    decoding = {"max_new_tokens", "temperature", "top_p", "bootstrap_resamples"}
+    decoding |= {"repetition_penalty"} if cfg.eval.repetition_penalty != 1.0 else set()  # unset: earlier hashes hold
+    settings = {"eval": cfg.eval.model_dump(include=decoding),
                 "prompts": config_hash(prompts), "cases": case_prompts(run), "stop": cfg.resample.stop,
                 "sample_dtype": cfg.model.sample_dtype, "seed": cfg.seed, **cfg.workers(), **cfg.generation()}
     return settings, [policy, "rm"]
@@ -108,8 +112,23 @@ def _paper_value(run: Run, table: str, policy: str):
     return value
 
 
+def loops(answer: str, n: int = 4, repeats: int = 3) -> bool:
+    """An answer that repeats itself: some run of n words occurs `repeats` times or more. Greedy decoding of a
+    small model loops ("No, no, no, ..."), and the RM scores the loop like any other answer."""
+    words = answer.split()
+    counts = collections.Counter(tuple(words[i:i + n]) for i in range(len(words) - n + 1))
+    return any(count >= repeats for count in counts.values())
+
+
+def loop_rate(run: Run, policy: str) -> float:
+    """The share of a policy's eval answers that loop (`loops`)."""
+    answers = [r["response"] for r in responses(run, policy) if not r["case"]]
+    return sum(map(loops, answers)) / len(answers)
+
+
 def reward_rows(run: Run, names: list[str], table: str) -> list[dict]:
-    """One row per evaluated policy among `names`: mean reward, 95% interval, the paper's value."""
+    """One row per evaluated policy among `names`: mean reward, 95% interval, the share of its answers that
+    loop, the paper's value."""
     rows = []
     for name in names:
         if not run.is_complete(f"eval_{name}"):
@@ -118,7 +137,7 @@ def reward_rows(run: Run, names: list[str], table: str) -> list[dict]:
         label = stages.label(name) + (f" (γ={run.cfg.split.gamma:g})" if name == "mpo" else "")
         rows.append({"policy": label, "stage": name, "reward": round(m["reward_mean"], 3),
                      "95% CI": f"[{m['ci_low']:.3f}, {m['ci_high']:.3f}]", "prompts": m["prompts"],
-                     f"paper ({table})": _paper_value(run, table, name)})
+                     "loop rate": f"{loop_rate(run, name):.0%}", f"paper ({table})": _paper_value(run, table, name)})
     return rows
 
 

@@ -42,8 +42,6 @@ probability ratio above max_ratio stops the stage with the step; the last good c
 """
 from __future__ import annotations
 
-import contextlib
-import copy
 import json
 import math
 import os
@@ -63,18 +61,10 @@ from .config import PPOVariant
 from .data import truncate_prompt
 from .distributed import all_gather, all_reduce, is_main_process, rank_and_world
 from .launch import run_stage
-from .models import (
-    device,
-    load_frozen_adapters,
-    load_stage_model,
-    load_tokenizer,
-    lora_config,
-    save_stage_model,
-    stage_chain,
-    to_device,
-)
+from .models import device, load_tokenizer, save_stage_model
 from .resample import decode_responses, load_pairs, load_split, positions, sample_batch
 from .reward import score
+from .roles import Roles, build_roles
 from .tracking import Tracker
 
 
@@ -140,104 +130,6 @@ def response_mask(response_ids, eos_id: int, pad_id: int, stopped: list[bool] | 
                                device=response_ids.device)[:, None]
     sampled_eos = first_end & (response_ids == eos_id) & ~cut_by_stop
     return (before_end | sampled_eos).float()
-
-
-class Roles:
-    """The four PPO roles: policy and critic (trained), reference and reward (frozen).
-
-    Full fine-tuning: four separate models. LoRA: four views of one backbone, the root stage's weights
-    (the pretrained base) with every stage adapter they need loaded unmerged, and two new adapters,
-    the policy's ("default") and the value model's ("value"); use(role) switches on that role's own
-    adapters. The critic and the reward share the backbone through sequence-classification views
-    (transformers' last-token pooling) that differ only in their score head."""
-
-    def __init__(self, models: dict, trainable: dict, lora=None, adapters: dict | None = None):
-        self.models = models        # role -> the module to call
-        self.trainable = trainable  # "policy" / "critic" -> {name: parameter}
-        self.lora, self.adapters = lora, adapters  # the shared backbone, role -> its active adapters
-
-    @contextlib.contextmanager
-    def use(self, role: str):
-        """The module playing `role`; on the shared backbone, with that role's adapters active. A
-        backward pass belongs inside the block: gradient checkpointing recomputes with them."""
-        if self.lora is not None:
-            self.lora.base_model.set_adapter(self.adapters[role], inference_mode=True)  # all frozen, then
-            for param in self.trainable.get(role, {}).values():                       # the role's own on
-                param.requires_grad_(True)
-        yield self.models[role]
-
-
-def build_roles(run: Run, variant: PPOVariant, shared: bool | None = None) -> Roles:
-    """LoRA: the four roles on one backbone. Full fine-tuning (or shared=False): four separate models."""
-    shared = run.cfg.model.lora is not None if shared is None else shared
-    if shared:
-        return shared_backbone_roles(run, variant)
-    from peft import get_peft_model
-
-    cfg = run.cfg
-    if zero.ppo_uses_zero(cfg):  # DeepSpeed places them (under ZeRO-3: loaded partitioned), in the training dtype
-        dtype = torch.bfloat16 if cfg.model.bf16 else torch.float32
-        load = lambda stage, head="lm": load_stage_model(run, stage, head, dtype)
-        loading = zero.partitioned_loading(cfg)
-    else:
-        load = lambda stage, head="lm": to_device(load_stage_model(run, stage, head))
-        loading = contextlib.nullcontext()
-    with loading:
-        policy, reference = load(variant.init), load(variant.reference)
-        critic, reward = load("rm", "score"), load("rm", "score")
-    if cfg.model.lora is not None:
-        policy = get_peft_model(policy, lora_config(cfg, "CAUSAL_LM"))
-        critic = get_peft_model(critic, lora_config(cfg, "SEQ_CLS"))
-    trainable = lambda model: {n: p for n, p in model.named_parameters() if p.requires_grad}
-    return Roles({"policy": policy, "reference": reference.eval(), "critic": critic, "reward": reward.eval()},
-                 {"policy": trainable(policy), "critic": trainable(critic)})
-
-
-def shared_backbone_roles(run: Run, variant: PPOVariant) -> Roles:
-    from peft import get_peft_model
-    from safetensors.torch import load_file
-
-    cfg = run.cfg
-    if cfg.model.lora is None:
-        raise ValueError("the shared-backbone layout needs model.lora: full fine-tuning keeps four models")
-    chains = {role: stage_chain(run, stage)
-              for role, stage in (("policy", variant.init), ("reference", variant.reference), ("reward", "rm"))}
-    roots = {root for root, _ in chains.values()}
-    if len(roots) > 1:
-        raise ValueError(f"the PPO roles rest on different full-weight stages {sorted(roots)}: one backbone "
-                         "holds them only when every stage is an adapter on the same base")
-    lora = get_peft_model(to_device(load_stage_model(run, roots.pop())), lora_config(cfg, "CAUSAL_LM"))
-    lora.add_adapter("value", lora_config(cfg, "CAUSAL_LM"))
-    load_frozen_adapters(lora, run, sorted({stage for _, chain in chains.values() for stage in chain}))
-    adapters = {role: [f"stage_{stage}" for stage in chain] for role, (_, chain) in chains.items()}
-    adapters["policy"].append("default")
-    adapters["critic"] = adapters["reward"] + ["value"]
-    rm_weights = load_file(run.stage_dir("rm") / "adapter" / "adapter_model.safetensors")
-    head = next(w for name, w in rm_weights.items() if name.endswith("score.weight"))
-    pad_id = load_tokenizer(run).pad_token_id
-    reward, critic = (score_view(lora.get_base_model(), head, pad_id) for _ in range(2))
-    reward.score.requires_grad_(False)
-    policy_params = {n: p for n, p in lora.named_parameters() if ".default." in n}
-    critic_params = {**{n: p for n, p in lora.named_parameters() if ".value." in n},
-                     **{f"value_head.{n}": p for n, p in critic.score.named_parameters()}}
-    return Roles({"policy": lora, "reference": lora, "critic": critic, "reward": reward},
-                 {"policy": policy_params, "critic": critic_params}, lora, adapters)
-
-
-def score_view(causal_lm, head: torch.Tensor, pad_id: int):
-    """A sequence-classification model whose transformer is causal_lm's own (shared, not copied) and
-    whose score head is a copy of `head`: the RM's pooling and head over the shared backbone."""
-    from transformers import AutoModelForSequenceClassification
-
-    config = copy.deepcopy(causal_lm.config)
-    config.num_labels, config.pad_token_id = 1, pad_id
-    with torch.device("meta"):  # its own transformer is replaced at once: never allocate it
-        view = AutoModelForSequenceClassification.from_config(config)
-    setattr(view, view.base_model_prefix, getattr(causal_lm, causal_lm.base_model_prefix))
-    view.score = torch.nn.Linear(head.shape[1], 1, bias=False, device=causal_lm.device)
-    with torch.no_grad():
-        view.score.weight.copy_(head)
-    return view
 
 
 def token_logprobs(model, input_ids, attention_mask, prompt_length: int, with_entropy: bool = False):
@@ -362,6 +254,9 @@ class Trainer:
             if zero.ppo_uses_zero(self.cfg) else {}
         self.trained_engines = {role: self.engines[role] for role in ("policy", "critic") if role in self.engines}
         roles.models.update(self.trained_engines)
+        self.updates = {role: zero.EngineUpdate(engine) if (engine := self.trained_engines.get(role))
+                        else zero.PlainUpdate(list(roles.trainable[role].values()), self.optimizers[role])
+                        for role in ("policy", "critic")}
 
     @torch.no_grad()
     def rollout(self, prompts: list[str]) -> Rollout:
@@ -435,13 +330,13 @@ class Trainer:
                                                                spec.cliprange)
                 max_ratio = max(max_ratio, (ratio * mb["mask"]).max().item())
                 self._check(actor_loss, max_ratio, step)
-                self._backward("policy", actor_loss * weight)
+                self.updates["policy"].backward(actor_loss * weight)
             with roles.use("critic") as critic:
                 with self.autocast:
                     values = token_values(critic, mb["input_ids"], mb["attention_mask"], batch.prompt_length)
                 critic_loss = value_loss(values, mb["values"], mb["returns"], mb["mask"], spec.cliprange_value)
                 self._check(critic_loss, None, step)
-                self._backward("critic", critic_loss * weight)
+                self.updates["critic"].backward(critic_loss * weight)
             for key, value in (("policy_loss", actor_loss), ("value_loss", critic_loss), ("clip_fraction", clip_fraction),
                                ("entropy", masked_mean(entropy.detach(), mb["mask"]))):
                 totals[key] += (value.detach() * weight).item()
@@ -453,24 +348,8 @@ class Trainer:
         return {**dict(zip(totals, summed, strict=True)),
                 "max_ratio": all_reduce(torch.tensor(max_ratio, device=where), "max").item()}
 
-    def _backward(self, role: str, loss) -> None:
-        if engine := self.trained_engines.get(role):
-            engine.backward(loss * rank_and_world()[1], scale_wrt_gas=False)  # DeepSpeed averages over workers
-            engine.step()  # an optimizer step at the mini-batch's last micro-batch only
-        else:
-            loss.backward()
-
     def _step(self, role: str) -> None:
-        if role in self.trained_engines:  # DeepSpeed stepped at the last micro-batch
-            return
-        params = list(self.roles.trainable[role].values())
-        for p in params:  # each worker holds its share of the token-mean gradient: the sum is the whole
-            if p.grad is not None:  # the same parameters get gradients on every worker
-                all_reduce(p.grad)
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optimizer = self.optimizers[role]
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        self.updates[role].step()
 
     def _check(self, loss, max_ratio: float | None, step: int) -> None:
         checkpoint = self.out_dir / "checkpoint"

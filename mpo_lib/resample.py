@@ -45,9 +45,18 @@ def _next_tokens(logits, temperature: float, top_p: float):
     return torch.multinomial(probs, 1).squeeze(-1)
 
 
+def penalise_repeats(logits, generated, penalty: float):
+    """CTRL's repetition penalty (Keskar et al., 2019; transformers' RepetitionPenaltyLogitsProcessor) over the
+    response so far: the logit of a token already generated is divided by `penalty` if positive, multiplied
+    if negative. The prompt is not penalised: an answer may repeat the question's words."""
+    seen = logits.gather(1, generated)
+    return logits.scatter(1, generated, torch.where(seen > 0, seen / penalty, seen * penalty))
+
+
 @torch.no_grad()
 def sample_batch(model, tokenizer, prompts: list[str], num_samples: int, max_new_tokens: int,
-                 temperature: float = 1.0, top_p: float = 1.0, stop: str | None = None):
+                 temperature: float = 1.0, top_p: float = 1.0, stop: str | None = None,
+                 repetition_penalty: float = 1.0):
     """num_samples completions of each prompt with the KV cache. Each prompt is encoded once and
     its cache copied per sample; a sequence leaves the batch as soon as it ends (EOS or `stop`),
     so the remaining steps run on fewer rows (generate() keeps finished rows to the last step).
@@ -65,6 +74,8 @@ def sample_batch(model, tokenizer, prompts: list[str], num_samples: int, max_new
     responses = torch.full((len(rows), max_new_tokens), tokenizer.pad_token_id, device=model.device)
     stop_window = len(tokenizer(stop, add_special_tokens=False)["input_ids"]) + 2 if stop else 0
     for step in range(max_new_tokens):
+        if repetition_penalty != 1.0 and step:
+            logits = penalise_repeats(logits, responses[rows, :step], repetition_penalty)
         tokens = _next_tokens(logits, temperature, top_p)
         responses[rows, step] = tokens
         ended = tokens == tokenizer.eos_token_id
@@ -93,7 +104,7 @@ def decode_responses(tokenizer, output, prompt_length: int, stop: str | None) ->
 
 def generate(model, tokenizer, prompts: list[str], num_samples: int, max_new_tokens: int,
              batch_size: int, temperature: float = 1.0, top_p: float = 1.0, stop: str | None = None,
-             seed: int = 0) -> list[list[str]]:
+             seed: int = 0, repetition_penalty: float = 1.0) -> list[list[str]]:
     """num_samples sampled completions per prompt. Prompts are sorted by length so that a batch
     pads little; generation stops at EOS or at `stop`, and the text is cut there."""
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
@@ -102,7 +113,7 @@ def generate(model, tokenizer, prompts: list[str], num_samples: int, max_new_tok
     for start in range(0, len(order), batch_size):
         chunk = order[start:start + batch_size]
         output, _, prompt_length = sample_batch(model, tokenizer, [prompts[i] for i in chunk], num_samples,
-                                                max_new_tokens, temperature, top_p, stop)
+                                                max_new_tokens, temperature, top_p, stop, repetition_penalty)
         for k, text in enumerate(decode_responses(tokenizer, output, prompt_length, stop)[0]):
             results[chunk[k // num_samples]].append(text)
     return results
@@ -114,10 +125,11 @@ def resample_prompts(cfg, rows: list[dict]) -> list[str]:
     return prompts[: cfg.resample.num_prompts]
 
 
-def sample_and_score(run: Run, stage: str, prompts: list[str], num_samples: int, spec, score_batch_size: int) -> dict:
+def sample_and_score(run: Run, stage: str, prompts: list[str], num_samples: int, spec, score_batch_size: int,
+                     repetition_penalty: float = 1.0) -> dict:
     """num_samples answers to each prompt from `stage`'s policy, decoded as `spec` (the resample or eval
-    section: max_new_tokens, batch_size, temperature, top_p) says (the kit's sampler, or vLLM with
-    launch.generation_backend: vllm), each scored by the run's RM. Launched workers each take every
+    section: max_new_tokens, batch_size, temperature, top_p) and repetition_penalty say (the kit's sampler,
+    or vLLM with launch.generation_backend: vllm), each scored by the run's RM. Launched workers each take every
     world-th prompt, with their own seed; every worker gets the results back in prompt order:
     {"samples": [[text] * num_samples], "rewards": [[float] * num_samples], "new_tokens", "seconds"}."""
     cfg = run.cfg
@@ -128,11 +140,11 @@ def sample_and_score(run: Run, stage: str, prompts: list[str], num_samples: int,
     if cfg.launch.generation_backend == "vllm":
         from .vllm_backend import vllm_generate
         samples = vllm_generate(run, stage, mine, num_samples, spec.max_new_tokens, spec.temperature, spec.top_p,
-                                cfg.resample.stop, seed)
+                                cfg.resample.stop, seed, repetition_penalty)
     else:
         policy = to_device(load_stage_model(run, stage), DTYPES[cfg.model.sample_dtype])
         samples = generate(policy, tokenizer, mine, num_samples, spec.max_new_tokens, spec.batch_size,
-                           spec.temperature, spec.top_p, cfg.resample.stop, seed)
+                           spec.temperature, spec.top_p, cfg.resample.stop, seed, repetition_penalty)
         del policy
     seconds = time.time() - started
     new_tokens = sum(len(tokenizer(text, add_special_tokens=False)["input_ids"]) for row in samples for text in row)

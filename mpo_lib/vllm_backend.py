@@ -31,7 +31,8 @@ def write_merged(run: Run, stage: str, folder) -> None:
 
 
 def vllm_generate(run: Run, stage: str, prompts: list[str], num_samples: int, max_new_tokens: int,
-                  temperature: float, top_p: float, stop: str | None, seed: int) -> list[list[str]]:
+                  temperature: float, top_p: float, stop: str | None, seed: int,
+                  repetition_penalty: float = 1.0) -> list[list[str]]:
     vllm = require_vllm()
     import gc
     import tempfile
@@ -43,8 +44,9 @@ def vllm_generate(run: Run, stage: str, prompts: list[str], num_samples: int, ma
         llm = vllm.LLM(model=folder, seed=seed, tensor_parallel_size=run.cfg.launch.vllm_tensor_parallel,
                        gpu_memory_utilization=run.cfg.launch.vllm_memory_fraction, dtype=run.cfg.model.sample_dtype)
         # one seed for the engine, none per request: each prompt draws its own samples
+        # vLLM's repetition_penalty also counts the prompt's tokens; the kit's sampler counts the response's only
         params = vllm.SamplingParams(n=num_samples, temperature=temperature, top_p=top_p, max_tokens=max_new_tokens,
-                                     stop=[stop] if stop else None)
+                                     stop=[stop] if stop else None, repetition_penalty=repetition_penalty)
         outputs = [[answer.text for answer in output.outputs] for output in llm.generate(prompts, params)]
         del llm  # the reward model scores next, in this process: give the GPU memory back
         gc.collect()

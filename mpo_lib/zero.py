@@ -7,7 +7,8 @@ The kit's PPO loop stays the same: each micro-batch's loss is already weighted s
 summed over micro-batches and workers, are the mini-batch's token mean (mpo_lib/ppo.py). DeepSpeed
 averages over the workers instead of summing, so the loss is scaled by the world size; it clips the
 gradient norm to 1 and steps the optimizer at the mini-batch's last micro-batch. The kit's cosine
-schedule steps the optimizer's learning rates itself, once per PPO step.
+schedule steps the optimizer's learning rates itself, once per optimizer step. EngineUpdate and PlainUpdate
+are the two ways a trained role's loss becomes an update, behind one interface the PPO loop calls.
 
 LoRA PPO (one backbone for four roles) does not use ZeRO: its trainable adapters are small, and the
 workers sum their gradients with a plain all-reduce.
@@ -17,8 +18,42 @@ from __future__ import annotations
 import contextlib
 from pathlib import Path
 
+import torch
+
 from .config import Config
-from .distributed import rank_and_world
+from .distributed import all_reduce, rank_and_world
+
+
+class EngineUpdate:
+    """A role trained through its DeepSpeed engine."""
+
+    def __init__(self, engine):
+        self.engine = engine
+
+    def backward(self, loss) -> None:
+        self.engine.backward(loss * rank_and_world()[1], scale_wrt_gas=False)  # DeepSpeed averages over workers
+        self.engine.step()  # an optimizer step at the mini-batch's last micro-batch only
+
+    def step(self) -> None:
+        """Nothing left: the engine stepped at the mini-batch's last micro-batch."""
+
+
+class PlainUpdate:
+    """A role trained by plain torch: gradients summed over the workers, norm clipped to 1, one AdamW step."""
+
+    def __init__(self, params: list, optimizer):
+        self.params, self.optimizer = params, optimizer
+
+    def backward(self, loss) -> None:
+        loss.backward()
+
+    def step(self) -> None:
+        for param in self.params:  # each worker holds its share of the token-mean gradient: the sum is the whole
+            if param.grad is not None:  # the same parameters get gradients on every worker
+                all_reduce(param.grad)
+        torch.nn.utils.clip_grad_norm_(self.params, 1.0)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
 
 
 def in_deepspeed_workers(cfg: Config) -> bool:

@@ -5,10 +5,22 @@ import csv
 import json
 import shutil
 
+import pytest
+
 from mpo_lib import evaluation
 from mpo_lib.stages import ABLATIONS, ablation_stages
 
 from conftest import ROOT, SECRET
+
+
+@pytest.mark.parametrize("answer, looping", [
+    ("No, " + "no, " * 8 + "no.", True),
+    ("The answer is: yes. The answer is: yes. The answer is: yes.", True),
+    ("The answer is: yes. The answer is: yes. Then it stops.", False),  # twice is not a loop
+    ("Bake the dough at 220 degrees for thirty minutes, then let it cool on a rack.", False),
+])
+def test_an_answer_loops_when_four_words_come_back_three_times(answer, looping):
+    assert evaluation.loops(answer) is looping
 
 
 def test_ablations_are_the_stages_their_definitions_say(smoke_run):

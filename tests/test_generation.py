@@ -2,7 +2,8 @@
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from mpo_lib.resample import decode_responses, generate, sample_batch
+from mpo_lib.evaluation import loops
+from mpo_lib.resample import decode_responses, generate, penalise_repeats, sample_batch
 
 from conftest import DATA_DIR
 
@@ -47,3 +48,19 @@ def test_generate_returns_samples_in_prompt_order():
     assert [len(pair) for pair in samples] == [2] * 9
     assert samples[0] == samples[3] == samples[6] and samples[1] == samples[4]  # same prompt, same continuation
     assert samples[0] != samples[1]
+
+
+def test_the_repetition_penalty_divides_positive_and_multiplies_negative_logits_of_generated_tokens():
+    logits = torch.tensor([[2.0, -1.0, 0.5, 3.0]])
+    penalised = penalise_repeats(logits, torch.tensor([[0, 1, 0]]), 2.0)  # tokens 0 and 1 generated (0 twice)
+    assert penalised.tolist() == [[1.0, -2.0, 0.5, 3.0]]  # once per token, however often it came
+
+
+def test_a_greedy_loop_of_a_small_model_is_broken_by_the_repetition_penalty():
+    model, tokenizer = stories()
+    answers = {}
+    for penalty in (1.0, 1.3):
+        ids, _, prompt_length = sample_batch(model, tokenizer, PROMPTS, 1, 80, temperature=0, repetition_penalty=penalty)
+        answers[penalty] = decode_responses(tokenizer, ids, prompt_length, None)[0]
+    assert [loops(a) for a in answers[1.0]] == [False, True, False]  # "Tom had a big red ball. ..." loops greedily
+    assert not any(loops(a) for a in answers[1.3])

@@ -9,7 +9,6 @@ from mpo_lib.config import PPOVariant
 from mpo_lib.ppo import (
     PPOFault,
     advantages_and_returns,
-    build_roles,
     optimizer_groups,
     per_token_rewards,
     policy_loss,
@@ -18,6 +17,7 @@ from mpo_lib.ppo import (
     token_values,
     value_loss,
 )
+from mpo_lib.roles import build_roles
 
 from conftest import ROOT
 
