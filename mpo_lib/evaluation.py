@@ -185,6 +185,30 @@ def table3(run: Run) -> list[dict]:
     return reward_rows(run, stages.policies(run.cfg), "table3")
 
 
+def plot_table3(run: Run):
+    """Table 3 as points with their 95% intervals, in the paper's order: the RM's scale has no meaningful zero,
+    and the paper's rewards come from its own RM (another scale), so neither bars nor its values are drawn.
+    Policies the run did not evaluate are named under the axes."""
+    import matplotlib.pyplot as plt
+
+    rows = table3(run)
+    missing = [stages.label(name) for name in stages.policies(run.cfg) if not run.is_complete(f"eval_{name}")]
+    fig, ax = plt.subplots(figsize=(6, 1.2 + 0.3 * max(1, len(rows))))
+    for y, row in enumerate(reversed(rows)):
+        low, high = map(float, row["95% CI"].strip("[]").split(", "))
+        ax.errorbar(row["reward"], y, xerr=[[row["reward"] - low], [high - row["reward"]]], fmt="o", color="#4c72b0",
+                    capsize=3)
+    ax.set_yticks(range(len(rows)), [row["policy"] for row in reversed(rows)], fontsize=8)
+    ax.set_xlabel(f"mean reward of the run's RM, {rows[0]['prompts'] if rows else 0} prompts (95% CI)"
+                  + (f"\nnot evaluated: {', '.join(missing)}" if missing else ""), fontsize=8)
+    ax.set_title("Table 3: mean reward per policy", fontsize=10)
+    fig.tight_layout()
+    path = run.figure_path("table3_rewards.png")
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
 def table6(run: Run) -> list[dict]:
     return reward_rows(run, ["mpo", "ppo_full", "mpo_reverse", "mpo_sft_kl", "mpo_reverse_sft"], "table6")
 

@@ -13,6 +13,7 @@ import numpy as np
 
 from .artifacts import Run, read_json
 from .config import PROJECT_ROOT
+from .paper import RM_ACCURACY
 from .resample import gap_values, load_pairs
 
 
@@ -39,11 +40,16 @@ def pairs_by_gap(run: Run, edges: list[float]) -> list[dict]:
     return [{"bin": label, "pairs": int(mask.sum())} for label, mask in _bins(gaps, edges)]
 
 
-def _bar(rows: list[dict], key: str, ylabel: str, title: str, path) -> None:
+def _bar(rows: list[dict], key: str, ylabel: str, title: str, path, paper: tuple[str, float] | None = None) -> None:
+    """Bars per reward-gap bin (counts are counts from 0); `paper`: a (label, value) line where the scales compare."""
     fig, ax = plt.subplots(figsize=(4.5, 3.2))
     bars = ax.bar([r["bin"] for r in rows], [r[key] or 0 for r in rows], color="#4c72b0")
     ax.bar_label(bars, labels=[f"n={r['pairs']}" for r in rows], fontsize=8)
-    ax.set_ylim(0, 1.15 * max([r[key] or 0 for r in rows] + [1e-9]))
+    top = max([r[key] or 0 for r in rows] + [paper[1] if paper else 0, 1e-9])
+    if paper:  # the line labelled just above it, at the left, clear of the bars' counts
+        ax.axhline(paper[1], color="#c44e52", ls="--", lw=1)
+        ax.text(0.01, paper[1], paper[0], color="#c44e52", fontsize=7, va="bottom", transform=ax.get_yaxis_transform())
+    ax.set_ylim(0, 1.25 * top)
     ax.set_xlabel("reward difference |r(y1) - r(y2)|")
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=10)
@@ -53,8 +59,10 @@ def _bar(rows: list[dict], key: str, ylabel: str, title: str, path) -> None:
 
 
 def plot_fig2_left(run: Run, rows: list[dict]):
+    """With the paper's RM accuracy over all gaps (Table 2) beside it: both are shares of pairs ranked right."""
     path = run.figure_path("fig2_left_rm_precision.png")
-    _bar(rows, "precision", "RM precision", "Fig. 2 left: RM precision per reward gap", path)
+    paper = (f"paper, all gaps (Table 2): {RM_ACCURACY[run.cfg.data.dataset]:.0%}", RM_ACCURACY[run.cfg.data.dataset])
+    _bar(rows, "precision", "RM precision", "Fig. 2 left: RM precision per reward gap", path, paper)
     return path
 
 
