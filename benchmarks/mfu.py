@@ -1,0 +1,96 @@
+"""Model FLOP/s of a finished run's stages against this machine's measured bf16 matmul peak.
+
+    python benchmarks/mfu.py --params params/cpu_small.yaml [--run-dir runs/cpu_small]
+
+The peak is measured here, now: a 2048 x 2048 bf16 matmul, repeated (2 * 2048^3 FLOPs each). Each stage's
+rate comes from what the run recorded (tokens TRL trained on over the training seconds; tokens generated
+over the stage's wall-clock), at N = the parameters of the model's matrix multiplies (every linear layer,
+the LM head included), per token:
+
+- SFT with LoRA: 4N (forward 2N, backward through the frozen weights to the activations 2N; the adapters'
+  own gradients are negligible); full fine-tuning 6N. The RM the same, without the LM head.
+- DPO: the policy's 4N (6N full) plus the reference's forward 2N, per chosen and rejected token.
+- Resampling and evaluation: 2N per generated token (decoding only: the prompts' prefill and the RM's
+  scoring are not counted, so these rates are lower bounds).
+
+PPO is left out: a step mixes sampling, four models' forwards and two updates over whole sequences whose
+prompt lengths the run does not record.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+os.environ.setdefault("MPO_DATA_DIR", str(Path(__file__).resolve().parents[2] / "shared" / "data"))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import torch
+
+from mpo_lib import Run, load_config, stages
+from mpo_lib.artifacts import read_json
+from mpo_lib.models import load_stage_model
+
+
+def matmul_peak(dtype: torch.dtype, size: int = 2048, seconds: float = 3.0) -> float:
+    """FLOP/s of repeated size x size matmuls in `dtype`, after a warm-up."""
+    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
+    a @ b
+    done, started = 0, time.perf_counter()
+    while (elapsed := time.perf_counter() - started) < seconds:
+        a @ b
+        done += 1
+    return done * 2 * size**3 / elapsed
+
+
+def matmul_parameters(model) -> tuple[int, int]:
+    """(weights of every linear layer, those of the LM head)."""
+    linear = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    head = model.get_output_embeddings()
+    return sum(m.weight.numel() for m in linear), head.weight.numel() if head is not None else 0
+
+
+def stage_rates(run: Run, n: int, head: int) -> list[tuple[str, float, str]]:
+    """(stage, model FLOP/s, FLOPs per token used) for every finished stage the docstring counts."""
+    lora = run.cfg.model.lora is not None
+    train = 4 if lora else 6
+    rows = []
+    for stage in stages.catalogue(run.cfg):
+        if not run.is_complete(stage.name):
+            continue
+        m = read_json(run.stage_dir(stage.name) / "metrics.json")
+        if stage.kind.trl_section:
+            trained = [e["num_tokens"] for e in read_json(run.stage_dir(stage.name) / "log_history.json")
+                       if "num_tokens" in e]
+            if not trained or not m.get("train_seconds"):
+                continue
+            per_token, count = {"sft": (train * n, f"{train}N"), "rm": (train * (n - head), f"{train}(N - head)"),
+                                "dpo": ((train + 2) * n, f"{train}N + 2N")}[stage.kind.name]
+            rows.append((stage.name, trained[-1] / m["train_seconds"] * per_token, count))
+        elif stage.kind.generates and m.get("wall_seconds"):
+            generated = m.get("tokens_generated", m.get("new_tokens"))
+            rows.append((stage.name, generated / m["wall_seconds"] * 2 * n, "2N per generated token"))
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--params", default="params/cpu_small.yaml")
+    parser.add_argument("--run-dir")
+    args = parser.parse_args()
+    torch.set_num_threads(os.cpu_count() or 1)
+    run = Run(load_config(args.params), args.run_dir)
+    n, head = matmul_parameters(load_stage_model(run, "base"))
+    peak = matmul_peak(torch.bfloat16)
+    print(f"bf16 matmul peak, measured now: {peak / 1e9:.0f} GFLOP/s; fp32: {matmul_peak(torch.float32) / 1e9:.0f}")
+    print(f"N = {n / 1e6:.1f}M matmul parameters ({head / 1e6:.1f}M in the LM head); run {run.path}")
+    print(f"{'stage':<18} {'GFLOP/s':>8} {'% of bf16 peak':>15}  FLOPs per token")
+    for stage, rate, count in stage_rates(run, n, head):
+        print(f"{stage:<18} {rate / 1e9:>8.1f} {100 * rate / peak:>14.1f}%  {count}")
+
+
+if __name__ == "__main__":
+    main()
