@@ -185,6 +185,17 @@ def table3(run: Run) -> list[dict]:
     return reward_rows(run, stages.policies(run.cfg), "table3")
 
 
+def _saved(run: Run, fig, name: str):
+    """The figure laid out, written to the run's figures/ and closed: its path."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    path = run.figure_path(name)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
 def plot_table3(run: Run):
     """Table 3 as points with their 95% intervals, in the paper's order: the RM's scale has no meaningful zero,
     and the paper's rewards come from its own RM (another scale), so neither bars nor its values are drawn.
@@ -202,11 +213,7 @@ def plot_table3(run: Run):
     ax.set_xlabel(f"mean reward of the run's RM, {rows[0]['prompts'] if rows else 0} prompts (95% CI)"
                   + (f"\nnot evaluated: {', '.join(missing)}" if missing else ""), fontsize=8)
     ax.set_title("Table 3: mean reward per policy", fontsize=10)
-    fig.tight_layout()
-    path = run.figure_path("table3_rewards.png")
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _saved(run, fig, "table3_rewards.png")
 
 
 def table6(run: Run) -> list[dict]:
@@ -239,11 +246,7 @@ def plot_fig4(run: Run):
     ax.set_xticks(range(3), ["easy (D^e)", "hard (D^h)", "full"])
     ax.set_ylabel("mean test reward")
     ax.set_title(f"Fig. 4: trained on easy / hard / full (γ={run.cfg.split.gamma:g})", fontsize=10)
-    fig.tight_layout()
-    path = run.figure_path("fig4_easy_hard_full.png")
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _saved(run, fig, "fig4_easy_hard_full.png")
 
 
 def plot_paired_differences(run: Run):
@@ -262,11 +265,7 @@ def plot_paired_differences(run: Run):
     ax.set_yticks(range(len(rows)), [row["comparison"] for row in reversed(rows)], fontsize=8)
     ax.set_xlabel(f"mean reward difference, {rows[0]['prompts'] if rows else 0} shared prompts (paired 95% CI)")
     ax.set_title("Paired differences (green: 0 outside the interval)", fontsize=10)
-    fig.tight_layout()
-    path = run.figure_path("paired_differences.png")
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _saved(run, fig, "paired_differences.png")
 
 
 # ---------------------------------------------------------------------------- Tables 4, 5, 7
