@@ -23,7 +23,7 @@ from . import stages
 from .artifacts import Run, read_json
 from .config import ConfigError, load_config
 from .models import base_model_id, load_stage_model, load_tokenizer
-from .resample import load_pairs, load_split
+from .resample import load_pairs, load_split, split_by_gap
 
 PAPER = ("Mixed Preference Optimization: A Two-stage Reinforcement Learning with Human Feedbacks "
          "(Gou & Nguyen, arXiv:2403.19443)")
@@ -123,19 +123,14 @@ def model_card(run: Run, found: stages.Stage) -> str:
 def export_split(run: Run, name: str, to: Path, push_to_hub: str | None = None) -> Path:
     from datasets import Dataset, DatasetDict
 
-    pairs = {pair["prompt"]: pair for pair in load_pairs(run)}
+    # every resampled pair ordered as Algorithm 1 orders D^e (the higher reward chosen), by prompt
+    pairs = load_pairs(run)
+    ordered = {row["prompt"]: row for row in split_by_gap(pairs, gamma=-1.0)[0]}
+    rewards = {pair["prompt"]: sorted((pair["reward_1"], pair["reward_2"])) for pair in pairs}
 
     def rows(side: str) -> list[dict]:
-        out = []
-        for row in load_split(run, side, name):
-            pair = pairs[row["prompt"]]
-            first_wins = pair["reward_1"] >= pair["reward_2"]
-            out.append({"prompt": row["prompt"],
-                        "chosen": pair["response_1"] if first_wins else pair["response_2"],
-                        "rejected": pair["response_2"] if first_wins else pair["response_1"],
-                        "reward_chosen": max(pair["reward_1"], pair["reward_2"]),
-                        "reward_rejected": min(pair["reward_1"], pair["reward_2"])})
-        return out
+        return [{**ordered[row["prompt"]], "reward_chosen": rewards[row["prompt"]][1],
+                 "reward_rejected": rewards[row["prompt"]][0]} for row in load_split(run, side, name)]
 
     data = DatasetDict({side: Dataset.from_list(rows(side)) for side in ("easy", "hard")})
     data.save_to_disk(str(to))

@@ -16,14 +16,18 @@ def run_label(cfg: Config, stage: str) -> str:
     return f"{cfg.run_name}/{stage}"
 
 
+def project(cfg: Config) -> str:
+    """The W&B / Trackio project: tracking.project, else the run's name."""
+    return cfg.tracking.project or cfg.run_name
+
+
 def trl_arguments(cfg: Config, stage: str) -> dict:
     """TRL trainer arguments for the hosted backends; TensorBoard goes through `tensorboard_callbacks`, so that
     its event files land in the stage's folder rather than in a dated folder under the checkpoints."""
     hosted = [backend for backend in cfg.tracking.report_to if backend != "tensorboard"]
-    project = cfg.tracking.project or cfg.run_name
     if "wandb" in hosted:
-        os.environ.setdefault("WANDB_PROJECT", project)  # transformers' W&B callback reads its project from here
-    return {"report_to": hosted or "none", "run_name": run_label(cfg, stage), "project": project}
+        os.environ.setdefault("WANDB_PROJECT", project(cfg))  # transformers' W&B callback reads its project here
+    return {"report_to": hosted or "none", "run_name": run_label(cfg, stage), "project": project(cfg)}
 
 
 def tensorboard_callbacks(cfg: Config, out_dir: Path) -> list:
@@ -48,7 +52,7 @@ class Tracker:
         for backend in cfg.tracking.report_to:
             if backend != "tensorboard":
                 module = __import__(backend)
-                module.init(project=cfg.tracking.project or cfg.run_name, name=run_label(cfg, stage),
+                module.init(project=project(cfg), name=run_label(cfg, stage),
                             config=cfg.source_params)
                 self.hosted.append(module)
 
