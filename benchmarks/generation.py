@@ -22,9 +22,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch
 
 from mpo_lib import Run, load_config
-from mpo_lib.data import corpus, load_preferences, truncate_prompt
-from mpo_lib.models import DTYPES, load_stage_model, load_tokenizer, prepare_base
-from mpo_lib.resample import generate, resample_prompts
+from mpo_lib.method.data import corpus, load_preferences, truncate_prompt
+from mpo_lib.method.resample import generate, resample_prompts
+from mpo_lib.runtime.models import DTYPES, load_stage_model, load_tokenizer, prepare_base
 
 
 def tokens_per_second(model, tokenizer, prompts, batch_size, cfg, max_new_tokens) -> float:

@@ -30,9 +30,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch
 
-from mpo_lib import Run, load_config, stages
-from mpo_lib.artifacts import read_json
-from mpo_lib.models import load_stage_model
+from mpo_lib import Run, load_config
+from mpo_lib.runtime import stages
+from mpo_lib.runtime.artifacts import read_json
+from mpo_lib.runtime.models import load_stage_model
 
 
 def matmul_peak(dtype: torch.dtype, size: int = 2048, seconds: float = 3.0) -> float:

@@ -65,11 +65,11 @@ def config(run_dir: Path, params: str, ppo: dict, extra: dict | None = None):
 
 def build_stages(run) -> None:
     """base -> sft -> rm -> resample: what a vanilla-PPO variant (init = ref = SFT, all prompts) needs."""
-    from mpo_lib.data import corpus, load_preferences, sft_rows
-    from mpo_lib.models import prepare_base
-    from mpo_lib.resample import run_resample
-    from mpo_lib.reward import run_reward
-    from mpo_lib.sft import run_sft
+    from mpo_lib.method.data import corpus, load_preferences, sft_rows
+    from mpo_lib.method.resample import run_resample
+    from mpo_lib.method.reward import run_reward
+    from mpo_lib.method.sft import run_sft
+    from mpo_lib.runtime.models import prepare_base
 
     splits = load_preferences(run.cfg)
     prepare_base(run, corpus(run.cfg, splits))
@@ -82,8 +82,8 @@ def worker(args) -> None:
     """One trainer in this process; prints step seconds and this process's peak RSS."""
     import torch
 
-    from mpo_lib.ppo import train_ppo
-    from mpo_lib.roles import build_roles
+    from mpo_lib.method.ppo import train_ppo
+    from mpo_lib.method.roles import build_roles
 
     torch.set_num_threads(os.cpu_count() or 1)
     spec = json.loads(args.worker_spec)
@@ -111,9 +111,9 @@ def ours(spec: dict) -> dict:
 
 
 def compare_with_trl(steps: int, workdir: Path) -> tuple[float, float]:
-    from mpo_lib.data import truncate_prompt
-    from mpo_lib.models import load_tokenizer
-    from mpo_lib.ppo import ppo_prompts
+    from mpo_lib.method.data import truncate_prompt
+    from mpo_lib.method.ppo import ppo_prompts
+    from mpo_lib.runtime.models import load_tokenizer
 
     # TRL stops only at EOS: no stop string on our side either, so both generate the same way
     same_stop = {"resample": {"stop": ""}}

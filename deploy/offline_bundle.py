@@ -30,8 +30,8 @@ from packaging.requirements import Requirement
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from mpo_lib.config import load_config  # noqa: E402
-from mpo_lib.models import SMOLLM2  # noqa: E402
+from mpo_lib.runtime.config import load_config  # noqa: E402
+from mpo_lib.runtime.models import SMOLLM2  # noqa: E402
 
 SKIP = ("torch", "jupyterlab", "nbval", "pytest", "nbstripout")
 HF_STACK = ("transformers", "trl", "peft", "datasets", "accelerate")

@@ -1,16 +1,15 @@
-"""MPO reproduction kit: the thin library the notebooks call. One module per concern: config
-(params), data, models, artifacts (the run directory), stages (the registry of every stage), launch
-(in the kernel or on launched workers), one module per stage kind (stats, sft, reward, resample,
-dpo, ppo, ablations, evaluation), bootstrap (intervals), judge and human_eval, figures, report,
-pipeline (papermill), export, tracking and the CLI (docs/architecture.md)."""
+"""MPO reproduction kit: the thin library the notebooks call, in three layers (docs/architecture.md):
+runtime (params, the run directory, the stage registry, launching, models, the pipeline), method (one module
+per stage of the paper: data, sft, reward, resample, dpo, ppo, ablations) and reporting (Table 1, evaluation,
+intervals, judge, human evaluation, figures, report, the paper's numbers)."""
 import sys
 
 # peft imports bitsandbytes whenever it is installed (~120 MB resident and a second in every process):
 # hidden (find_spec -> None) until a run's params need it (4-bit base, 8-bit optimizer: Run exposes it)
 sys.modules.setdefault("bitsandbytes", None)
 
-from .artifacts import Run  # noqa: E402 (after the bitsandbytes guard above)
-from .config import Config, ConfigError, load_config, notebook_config  # noqa: E402
+from mpo_lib.runtime.artifacts import Run  # noqa: E402 (after the bitsandbytes guard above)
+from mpo_lib.runtime.config import Config, ConfigError, load_config, notebook_config  # noqa: E402
 
 
 def open_run(namespace: dict) -> Run:

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import yaml
 
-from .artifacts import DiskFull, Run
-from .config import ConfigError, load_config
-from .data import DataError, corpus, load_preferences
-from .pipeline import NotebookFailed
-from .run_lock import NO_WAIT_ENV, RunLocked
+from mpo_lib.method.data import DataError, corpus, load_preferences
+from mpo_lib.runtime.artifacts import DiskFull, Run
+from mpo_lib.runtime.config import ConfigError, load_config
+from mpo_lib.runtime.pipeline import NotebookFailed
+from mpo_lib.runtime.run_lock import NO_WAIT_ENV, RunLocked
 
 
 def parse_sets(assignments: list[str]) -> dict:
@@ -44,8 +44,8 @@ def config_of(args):
 
 def data_command(args) -> None:
     """Table 1 counts, drops per reason and token lengths, as in notebook 00."""
-    from .models import prepare_base
-    from .stats import run_data_stats, table1
+    from mpo_lib.reporting.stats import run_data_stats, table1
+    from mpo_lib.runtime.models import prepare_base
 
     cfg = config_of(args)
     splits = load_preferences(cfg)
@@ -63,23 +63,23 @@ def data_command(args) -> None:
 
 def pipeline_command(args) -> None:
     if args.dry_run:
-        from .dryrun import dry_run, print_dry_run, print_protocol
+        from mpo_lib.runtime.dryrun import dry_run, print_dry_run, print_protocol
         cfg = config_of(args)
         existing = Run(cfg, args.run_dir) if Run.folder(cfg, args.run_dir).is_dir() else None  # its split, if done
         print_dry_run(dry_run(cfg, args.params, existing))
         print_protocol(cfg)
         return
-    from .pipeline import run_pipeline
+    from mpo_lib.runtime.pipeline import run_pipeline
     run_pipeline(args.params, args.run_dir, args.until, args.plan, args.overrides)
 
 
 def stage_command(args) -> None:
-    from .launch import worker_main
+    from mpo_lib.runtime.launch import worker_main
     worker_main(args.params, args.run_dir, args.stage, args.overrides)
 
 
 def export_command(args) -> None:
-    from .export import export, open_finished
+    from mpo_lib.runtime.export import export, open_finished
 
     folder = export(open_finished(args.run_dir, args.stage), args.stage, Path(args.to), args.push_to_hub)
     print(f"exported {args.stage} from {args.run_dir} to {folder}")

@@ -34,7 +34,7 @@ def pytest_collection_modifyitems(items):
 def smoke_run(tmp_path_factory):
     """The smoke pipeline (every notebook, 00-07) executed once with papermill, as `make smoke` does."""
     from mpo_lib import Run, load_config
-    from mpo_lib.pipeline import run_pipeline
+    from mpo_lib.runtime.pipeline import run_pipeline
 
     run_dir = tmp_path_factory.mktemp("runs") / "smoke"
     run_pipeline(str(SMOKE), str(run_dir))
@@ -45,8 +45,8 @@ def smoke_run(tmp_path_factory):
 def tiny_run(tmp_path_factory):
     """A smoke run with only the base stage: a tiny model and tokenizer for unit tests."""
     from mpo_lib import Run, load_config
-    from mpo_lib.data import corpus, load_preferences
-    from mpo_lib.models import prepare_base
+    from mpo_lib.method.data import corpus, load_preferences
+    from mpo_lib.runtime.models import prepare_base
 
     cfg = load_config(SMOKE)
     run = Run(cfg, tmp_path_factory.mktemp("runs") / "tiny")
@@ -58,12 +58,12 @@ def tiny_run(tmp_path_factory):
 def lora_run(tmp_path_factory):
     """The smoke stages up to DPO, in-process, with LoRA adapters (the cpu_small layout)."""
     from mpo_lib import Run, load_config
-    from mpo_lib.data import corpus, load_preferences, sft_rows
-    from mpo_lib.dpo import run_dpo
-    from mpo_lib.models import prepare_base
-    from mpo_lib.resample import run_resample, run_split
-    from mpo_lib.reward import run_reward
-    from mpo_lib.sft import run_sft
+    from mpo_lib.method.data import corpus, load_preferences, sft_rows
+    from mpo_lib.method.dpo import run_dpo
+    from mpo_lib.method.resample import run_resample, run_split
+    from mpo_lib.method.reward import run_reward
+    from mpo_lib.method.sft import run_sft
+    from mpo_lib.runtime.models import prepare_base
 
     cfg = load_config(SMOKE, LORA)
     run = Run(cfg, tmp_path_factory.mktemp("runs") / "lora")

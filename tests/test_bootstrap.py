@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from mpo_lib.bootstrap import mean_ci, paired_difference_ci
+from mpo_lib.reporting.bootstrap import mean_ci, paired_difference_ci
 
 
 def test_interval_of_a_normal_mean_has_the_textbook_width():

@@ -51,6 +51,7 @@ def test_wrong_type_names_the_key(tmp_path):
     ({"ppo": {"variants": {"mpo": {"epochs": 2, "max_steps": 3}}}}, "set epochs or max_steps for a PPO variant, not both"),
     ({"launch": {"accelerate_config": "params/smoke.yaml"}}, "params/smoke.yaml is not an `accelerate config` file"),
     ({"data": {"eval_prompts": "tldr_sft_test"}}, "data.eval_prompts 'tldr_sft_test' is TL;DR's protocol"),
+    ({"ppo": {"top_p": 0.9}}, "ppo.top_p=0.9: PPO's ratio and KL would need the log-probabilities of the truncated"),
 ])
 def test_impossible_values_are_rejected(override, message):
     with pytest.raises(ConfigError, match=re.escape(message)):
@@ -92,7 +93,7 @@ def test_papermill_injected_keys_override_the_params_file():
 def test_launched_stages_run_from_a_shipped_accelerate_config_file(launch, config_file, deepspeed):
     from accelerate.commands.config.config_args import ClusterConfig
 
-    from mpo_lib.launch import stage_command
+    from mpo_lib.runtime.launch import stage_command
 
     cfg = load_config(SMOKE, {"launch": {"num_processes": 2, **launch}, "ppo": {"micro_batch_size": 1}})
     command = stage_command(cfg, "dpo", "runs/smoke/launch/dpo.yaml", "runs/smoke")

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from mpo_lib import load_config
-from mpo_lib.data import DataError, load_hh_subset, load_preferences, parse_hh_rows, split_dialogue
+from mpo_lib.method.data import DataError, load_hh_subset, load_preferences, parse_hh_rows, split_dialogue
 
 from conftest import DATA_DIR, ROOT, SMOKE
 
@@ -72,7 +72,7 @@ def test_a_held_out_tldr_post_is_in_no_training_row():
 def test_tldr_follows_the_papers_protocol_locally_no_stage_trains_on_an_evaluated_post():
     """Evaluation on TL;DR-SFT test posts; locally those posts are the SFT file's, so SFT (and DPO, the RM) leave
     out every post a policy is evaluated on, and SFT every post the RM is tested on."""
-    from mpo_lib.data import load_tldr_sft, sft_rows
+    from mpo_lib.method.data import load_tldr_sft, sft_rows
 
     cfg = load_config(ROOT / "params" / "smoke_tldr.yaml", {"data": {"max_train_rows": None}})
     splits = load_preferences(cfg)
@@ -90,7 +90,7 @@ def test_tldr_follows_the_papers_protocol_locally_no_stage_trains_on_an_evaluate
 
 
 def test_table1_counts_the_distinct_prompts_tldr_compares_several_summaries_of():
-    from mpo_lib.stats import table1
+    from mpo_lib.reporting.stats import table1
 
     splits = load_preferences(load_config(ROOT / "params" / "smoke_tldr.yaml"))
     table = table1({"files": splits.report})
@@ -136,7 +136,7 @@ def windows_copy(text: str) -> str:
 def test_bom_and_crlf_files_load_the_same_rows(tmp_path):
     """HH JSONL (gzipped), TL;DR comparisons (JSONL) and TL;DR SFT posts (CSV), each re-saved with a
     byte-order mark and CRLF endings, load with exactly the rows of the original files."""
-    from mpo_lib.data import load_tldr_sft, load_tldr_subset
+    from mpo_lib.method.data import load_tldr_sft, load_tldr_subset
 
     with gzip.open(DATA_DIR / "hh-rlhf" / "harmless-base" / "test.jsonl.gz", "rt", encoding="utf-8") as handle:
         cfg = copy_hh(tmp_path, "harmless-base", gzip.compress(windows_copy(handle.read()).encode()))

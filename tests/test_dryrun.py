@@ -6,7 +6,7 @@ import sys
 import pytest
 
 from mpo_lib import ConfigError, load_config
-from mpo_lib.dryrun import architecture, dry_run, protocol
+from mpo_lib.runtime.dryrun import architecture, dry_run, protocol
 
 from conftest import ROOT
 

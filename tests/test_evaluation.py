@@ -7,8 +7,8 @@ import shutil
 
 import pytest
 
-from mpo_lib import evaluation
-from mpo_lib.stages import ABLATIONS, ablation_stages
+from mpo_lib.reporting import evaluation
+from mpo_lib.runtime.stages import ABLATIONS, ablation_stages
 
 from conftest import ROOT, SECRET
 
@@ -97,7 +97,7 @@ def test_mpo_against_vanilla_ppo_compute_sums_mpo_stages_and_divides(smoke_run):
 
 
 def test_the_openai_judge_without_its_endpoint_is_skipped_naming_the_variables(smoke_run, monkeypatch, capsys):
-    from mpo_lib.judge import OPENAI_ENV
+    from mpo_lib.reporting.judge import OPENAI_ENV
 
     for variable in OPENAI_ENV:
         monkeypatch.delenv(variable, raising=False)
@@ -148,7 +148,7 @@ def test_openai_judge_through_notebook_07_never_writes_the_key(smoke_run, endpoi
         cwd=str(ROOT), progress_bar=False,
         parameters={"params_file": str(ROOT / "params" / "smoke.yaml"), "run_dir": str(run_dir),
                     "overrides": {"eval": {"judges": ["openai"], "judge_items": 3}}})
-    from mpo_lib.judge import judge_prompt
+    from mpo_lib.reporting.judge import judge_prompt
 
     items = evaluation.compared_items(smoke_run, 3)  # both orders; equal answers make one prompt, asked once
     prompts = {judge_prompt(i["instruction"], x, y) for i in items for x, y in ((i["a"], i["b"]), (i["b"], i["a"]))}

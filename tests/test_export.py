@@ -8,8 +8,8 @@ import sys
 import pytest
 import torch
 
-from mpo_lib.models import load_stage_model, load_tokenizer
-from mpo_lib.resample import load_split
+from mpo_lib.method.resample import load_split
+from mpo_lib.runtime.models import load_stage_model, load_tokenizer
 
 from conftest import ROOT
 

@@ -1,7 +1,7 @@
 """The training curves' smoothing is the exponential moving average it says it is."""
 import pytest
 
-from mpo_lib.figures import smoothed
+from mpo_lib.reporting.figures import smoothed
 
 
 def test_smoothing_is_a_bias_corrected_exponential_average():

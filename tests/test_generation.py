@@ -2,8 +2,8 @@
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from mpo_lib.evaluation import loops
-from mpo_lib.resample import decode_responses, generate, penalise_repeats, sample_batch
+from mpo_lib.method.resample import decode_responses, generate, penalise_repeats, sample_batch
+from mpo_lib.reporting.evaluation import loops
 
 from conftest import DATA_DIR
 

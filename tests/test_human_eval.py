@@ -2,8 +2,8 @@ import csv
 
 import pytest
 
-from mpo_lib.artifacts import read_json
-from mpo_lib.human_eval import COLUMNS, export_sheets, fleiss, import_labels, summarise
+from mpo_lib.reporting.human_eval import COLUMNS, export_sheets, fleiss, import_labels, summarise
+from mpo_lib.runtime.artifacts import read_json
 
 # Wikipedia "Fleiss' kappa" worked example: 10 subjects, 14 raters, 5 categories, kappa = 0.210
 WIKIPEDIA_COUNTS = [[0, 0, 0, 0, 14], [0, 2, 6, 4, 2], [0, 0, 3, 5, 6], [0, 3, 9, 2, 0], [2, 2, 8, 1, 1],

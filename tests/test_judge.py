@@ -1,7 +1,6 @@
 import pytest
 
-from mpo_lib.artifacts import write_json
-from mpo_lib.judge import (
+from mpo_lib.reporting.judge import (
     JUDGE_PROMPT,
     LocalChatJudge,
     OpenAIJudge,
@@ -11,6 +10,7 @@ from mpo_lib.judge import (
     judge_prompt,
     parse_scores,
 )
+from mpo_lib.runtime.artifacts import write_json
 
 from conftest import SECRET, answer_by_quality, responses_of
 

@@ -15,9 +15,9 @@ import yaml
 from safetensors.torch import load_file
 
 from mpo_lib import Run, load_config
-from mpo_lib.artifacts import read_json
-from mpo_lib.launch import LaunchError, run_stage
-from mpo_lib.resample import load_pairs
+from mpo_lib.method.resample import load_pairs
+from mpo_lib.runtime.artifacts import read_json
+from mpo_lib.runtime.launch import LaunchError, run_stage
 
 from conftest import LORA, ROOT, SMOKE
 
@@ -68,7 +68,7 @@ ENGINE_DTYPES = """
 import os, sys, torch, deepspeed
 from transformers import LlamaConfig, LlamaForCausalLM
 from mpo_lib import load_config
-from mpo_lib.zero import engine_config
+from mpo_lib.runtime.zero import engine_config
 cfg = load_config(sys.argv[1], {"model": {"bf16": True}, "ppo": {"micro_batch_size": 1},
                                 "launch": {"num_processes": 2, "deepspeed_config": sys.argv[2]}})
 model = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
@@ -81,6 +81,7 @@ print(next(engine.module.parameters()).dtype, engine.optimizer.gradient_accumula
 """
 
 
+@pytest.mark.slow  # a DeepSpeed process of its own: 10-40 s (its first import builds caches)
 @pytest.mark.parametrize("deepspeed_config", ["params/deepspeed/zero2.json", "params/deepspeed/zero3.json"])
 def test_the_deepspeed_configs_accumulate_bf16_gradients_in_fp32(deepspeed_config):
     # one DeepSpeed process of its own (DeepSpeed sets up torch.distributed, which this process must not hold)
@@ -135,9 +136,9 @@ def test_sft_under_zero3_saves_the_whole_weights_the_one_process_run_trains(smok
 
 
 def test_the_reward_model_under_zero3_reports_the_accuracy_of_the_model_it_saves(smoke_run, tmp_path):
-    from mpo_lib.data import load_preferences, truncate_prompt
-    from mpo_lib.models import load_stage_model, load_tokenizer
-    from mpo_lib.reward import rm_rows, score
+    from mpo_lib.method.data import load_preferences, truncate_prompt
+    from mpo_lib.method.reward import rm_rows, score
+    from mpo_lib.runtime.models import load_stage_model, load_tokenizer
 
     run = copy_of(smoke_run, tmp_path, {"rm": {"batch_size": 4, "max_steps": 6},
                                         **two_workers(zero3_partitioning_everything(tmp_path))})
@@ -150,9 +151,9 @@ def test_the_reward_model_under_zero3_reports_the_accuracy_of_the_model_it_saves
     assert saved == pytest.approx(read_json(run.stage_dir("rm") / "heldout_scores.json")["chosen"], abs=1e-5)
 
 
-# near-greedy sampling: both layouts generate the same responses, so the updates can be compared
-NEAR_GREEDY_PPO = {"rollout_batch_size": 4, "mini_batch_size": 4, "micro_batch_size": 1, "ppo_epochs": 1,
-                   "temperature": 1e-6}
+# greedy rollouts: both layouts generate the same responses, so the updates can be compared
+GREEDY_PPO = {"rollout_batch_size": 4, "mini_batch_size": 4, "micro_batch_size": 1, "ppo_epochs": 1,
+              "greedy_rollouts": True}
 PPO_STEP_KEYS = ("reward_mean", "kl_to_reference", "response_length", "policy_loss", "value_loss")
 
 
@@ -174,7 +175,7 @@ def assert_same_ppo(run: Run, reference: Run) -> None:
 @pytest.mark.parametrize("deepspeed_config", [None, "params/deepspeed/zero2.json"], ids=["ddp", "zero2"])
 def test_ppo_on_two_workers_matches_one_process(smoke_run, tmp_path, deepspeed_config):
     # two steps, each one mini-batch of 4 sequences: 4 micro-batches of 1 in one process, 2 per worker in two
-    ppo = {**NEAR_GREEDY_PPO, "max_steps": 2}
+    ppo = {**GREEDY_PPO, "max_steps": 2}
     one = copy_of(smoke_run, tmp_path / "one", {"ppo": ppo})
     two = copy_of(smoke_run, tmp_path / "two", {"ppo": ppo, "launch": {"num_processes": 2,
                                                                        "deepspeed_config": deepspeed_config}})
@@ -186,7 +187,7 @@ def test_bf16_ppo_under_zero3_follows_the_same_run_under_zero2(smoke_run, tmp_pa
     # bf16 engines both (ZeRO-2 is held to one fp32 process above): every weight partitioned, and generating
     # from the gathered bf16 policy, gives ZeRO-2's rollouts and updates. Against one process the rollouts
     # can differ: its fp32 norms and embeddings under autocast break near-ties otherwise than bf16 weights.
-    ppo, bf16 = {**NEAR_GREEDY_PPO, "max_steps": 2}, {"model": {"bf16": True}}
+    ppo, bf16 = {**GREEDY_PPO, "max_steps": 2}, {"model": {"bf16": True}}
     runs = [copy_of(smoke_run, tmp_path / name, {**bf16, "ppo": ppo, "launch": {
         "num_processes": 2, "deepspeed_config": config}})
         for name, config in (("zero2", "params/deepspeed/zero2.json"),
@@ -202,7 +203,7 @@ def test_bf16_ppo_under_zero3_follows_the_same_run_under_zero2(smoke_run, tmp_pa
 def test_ppo_under_zero3_killed_after_a_checkpoint_resumes_as_the_one_process_run(smoke_run, tmp_path):
     """Every weight partitioned over two workers: killed once a checkpoint is written, the next attempt
     loads each worker's partitions of weights and optimizer states and ends as one process does."""
-    ppo = {**NEAR_GREEDY_PPO, "max_steps": 12, "checkpoint_every": 1}  # a tiny model's step: a tenth of a second
+    ppo = {**GREEDY_PPO, "max_steps": 12, "checkpoint_every": 1}  # a tiny model's step: a tenth of a second
     one = copy_of(smoke_run, tmp_path / "one", {"ppo": ppo})
     run_stage(one, "ppo_full")
     two = copy_of(smoke_run, tmp_path / "two", {"ppo": ppo, "launch": {
@@ -210,7 +211,7 @@ def test_ppo_under_zero3_killed_after_a_checkpoint_resumes_as_the_one_process_ru
     state = two.path / "ppo_full.partial" / "checkpoint" / "state.pt"
     params = tmp_path / "two.yaml"
     params.write_text(yaml.safe_dump(two.cfg.source_params))
-    command = [sys.executable, "-c", "import sys; from mpo_lib import Run, load_config; from mpo_lib.launch import "
+    command = [sys.executable, "-c", "import sys; from mpo_lib import Run, load_config; from mpo_lib.runtime.launch import "
                "run_stage; run_stage(Run(load_config(sys.argv[1]), sys.argv[2]), 'ppo_full')", str(params), str(two.path)]
     with subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) as launcher:
         deadline = time.time() + 300
@@ -244,7 +245,7 @@ def test_resampling_on_two_workers_covers_every_prompt_once_in_order(smoke_run, 
 
 
 def test_evaluation_on_two_workers_gives_the_one_process_answers_and_rewards(smoke_run, tmp_path):
-    from mpo_lib.evaluation import responses
+    from mpo_lib.reporting.evaluation import responses
 
     run = copy_of(smoke_run, tmp_path, TWO_WORKERS)  # greedy answers (eval.temperature 0): sharding changes nothing
     metrics = run_stage(run, "eval_sft")

@@ -6,7 +6,7 @@ import pytest
 import torch
 from datasets import Dataset
 
-from mpo_lib.models import load_stage_model, load_tokenizer
+from mpo_lib.runtime.models import load_stage_model, load_tokenizer
 
 PAIRS = [{"prompt": "\n\nHuman: Can you help me?\n\nAssistant:", "chosen": " Sure, what do you need?",
           "rejected": " No."},
@@ -38,7 +38,7 @@ def test_reward_loss_is_bradley_terry(tiny_run, tmp_path):
 def test_reward_models_score_head_is_drawn_from_the_params_seed(tiny_run):
     """The RM's only random part, its score head, is the same in two runs with one seed, whatever the
     process drew before, and differs with another seed."""
-    from mpo_lib.reward import untrained_reward_model
+    from mpo_lib.method.reward import untrained_reward_model
 
     first = untrained_reward_model(tiny_run).score.weight.detach().clone()
     torch.rand(1000)  # the process's random state moves on

@@ -7,7 +7,7 @@ import shutil
 import nbformat
 import pytest
 
-from mpo_lib.resample import sizes_by_gamma
+from mpo_lib.method.resample import sizes_by_gamma
 
 import notebook_check
 from conftest import ROOT
@@ -65,7 +65,7 @@ def test_figures_and_executed_notebooks_are_in_the_run(smoke_run):
 def test_every_training_stage_logs_each_step_to_tensorboard(smoke_run):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    from mpo_lib import stages
+    from mpo_lib.runtime import stages
 
     trained = stages.of_kind(smoke_run.cfg, stages.SFT, stages.RM, stages.DPO, stages.PPO)
     assert len(trained) == 15  # sft, rm, 5 DPO and 8 PPO stages (2 thresholds, every ablation)
@@ -98,7 +98,7 @@ def test_nbval_fails_a_notebook_that_stops_showing_its_table(smoke_run, tmp_path
 
 
 def test_resumed_pipeline_reuses_finished_stages(smoke_run, capsys):
-    from mpo_lib.pipeline import run_pipeline
+    from mpo_lib.runtime.pipeline import run_pipeline
 
     markers = {p: p.stat().st_mtime_ns for p in smoke_run.path.glob("*/COMPLETE")}
     run_pipeline(str(ROOT / "params" / "smoke.yaml"), str(smoke_run.path), until="02")
@@ -110,7 +110,7 @@ def test_resumed_pipeline_reuses_finished_stages(smoke_run, capsys):
 
 def test_changed_params_rerun_the_stage_and_keep_the_old_one(smoke_run, tmp_path):
     from mpo_lib import Run, load_config
-    from mpo_lib.resample import run_split
+    from mpo_lib.method.resample import run_split
 
     copy = tmp_path / "smoke"
     shutil.copytree(smoke_run.path, copy)

@@ -5,8 +5,7 @@ import re
 import pytest
 import torch
 
-from mpo_lib.config import PPOVariant
-from mpo_lib.ppo import (
+from mpo_lib.method.ppo import (
     PPOFault,
     advantages_and_returns,
     optimizer_groups,
@@ -17,7 +16,8 @@ from mpo_lib.ppo import (
     token_values,
     value_loss,
 )
-from mpo_lib.roles import build_roles
+from mpo_lib.method.roles import build_roles
+from mpo_lib.runtime.config import PPOVariant
 
 from conftest import ROOT
 
@@ -75,16 +75,32 @@ def test_response_mask_keeps_the_eos_and_drops_what_follows():
 
 
 def sequences(run):
-    from mpo_lib.models import load_tokenizer
+    from mpo_lib.runtime.models import load_tokenizer
     tokenizer = load_tokenizer(run, padding_side="left")
     batch = tokenizer(["\n\nHuman: hi there\n\nAssistant: hello, how can I help?",
                        "\n\nHuman: what is a lock?\n\nAssistant: a device"], return_tensors="pt", padding=True)
     return batch["input_ids"], batch["attention_mask"], 6
 
 
+@torch.no_grad()
+def test_log_probs_are_those_of_the_tempered_distribution_the_rollouts_sample_from(tiny_run):
+    from mpo_lib.method.resample import positions
+    from mpo_lib.runtime.models import load_stage_model
+
+    model = load_stage_model(tiny_run, "base")
+    ids, attention, prompt_length = sequences(tiny_run)
+    logits = model(input_ids=ids, attention_mask=attention,
+                   position_ids=positions(attention)).logits[:, prompt_length - 1:-1].float()
+    for temperature in (1.0, 0.5):  # pi = softmax(logits / T) of the sampled token
+        expected = torch.log_softmax(logits / temperature, -1).gather(-1, ids[:, prompt_length:, None]).squeeze(-1)
+        used = token_logprobs(model, ids, attention, prompt_length, temperature=temperature)
+        assert torch.allclose(used, expected, atol=1e-4), temperature
+
+
+@pytest.mark.slow  # both layouts wait for a pipeline (fixtures by name, so the marker is not implied)
 @pytest.mark.parametrize("layout", ["smoke_run", "lora_run"])  # four full models; LoRA on one backbone
 def test_the_reference_used_is_the_one_requested(layout, request):
-    from mpo_lib.models import load_stage_model
+    from mpo_lib.runtime.models import load_stage_model
 
     run = request.getfixturevalue(layout)  # outside no_grad: the fixture trains
     ids, attention, prompt_length = sequences(run)
@@ -104,8 +120,8 @@ def backbone_parameters(modules) -> int:
 
 @torch.no_grad()
 def test_one_backbone_lora_layout_matches_four_separate_models(lora_run):
-    from mpo_lib.models import load_tokenizer
-    from mpo_lib.reward import score
+    from mpo_lib.method.reward import score
+    from mpo_lib.runtime.models import load_tokenizer
 
     ids, attention, prompt_length = sequences(lora_run)
     variant = PPOVariant(init="dpo", reference="dpo")
@@ -165,7 +181,7 @@ def test_stage_adapters_stay_fixed_in_training_mode(lora_run, tmp_path):
 
 
 def test_non_finite_loss_stops_with_the_step(lora_run, tmp_path):
-    from mpo_lib.ppo import Trainer
+    from mpo_lib.method.ppo import Trainer
 
     variant = PPOVariant(init="dpo", reference="dpo")
     trainer = Trainer(lora_run, variant, build_roles(lora_run, variant), tmp_path, steps=4)
@@ -176,7 +192,7 @@ def test_non_finite_loss_stops_with_the_step(lora_run, tmp_path):
 
 
 def test_greedy_rollouts_are_the_same_under_any_seed_and_sampled_ones_are_not(lora_run, tmp_path):
-    from mpo_lib.ppo import Trainer, ppo_prompts
+    from mpo_lib.method.ppo import Trainer, ppo_prompts
 
     variant = PPOVariant(init="dpo", reference="dpo", prompts="all")
     trainer = Trainer(lora_run, variant, build_roles(lora_run, variant), tmp_path, steps=4)
@@ -193,7 +209,7 @@ def test_greedy_rollouts_are_the_same_under_any_seed_and_sampled_ones_are_not(lo
 
 def test_micro_batches_accumulate_to_the_mini_batch_gradient(lora_run, tmp_path):
     """Gradient accumulation over micro-batches changes memory, not the update."""
-    from mpo_lib.ppo import Trainer, ppo_prompts
+    from mpo_lib.method.ppo import Trainer, ppo_prompts
 
     variant = PPOVariant(init="dpo", reference="dpo", prompts="all")
     gradients = []
@@ -230,7 +246,7 @@ def test_smoke_ppo_trains_both_variants(smoke_run):
 
 
 def test_prompt_batches_use_every_prompt_before_repeating_one():
-    from mpo_lib.ppo import prompt_batches
+    from mpo_lib.method.ppo import prompt_batches
 
     batches = prompt_batches([f"p{i}" for i in range(10)], 4, seed=0)
     first = [next(batches) for _ in range(5)]  # 20 prompts: exactly two passes
@@ -241,7 +257,7 @@ def test_prompt_batches_use_every_prompt_before_repeating_one():
 
 def test_optimizers_are_deepspeed_chats_no_decay_on_biases_and_norm_weights(tiny_run):
     """DeepSpeed-Chat's parameter groups: every weight of the tiny Llama decays except its RMSNorm weights."""
-    from mpo_lib.models import load_stage_model
+    from mpo_lib.runtime.models import load_stage_model
 
     params = dict(load_stage_model(tiny_run, "base").named_parameters())
     decay, exempt = optimizer_groups(params, weight_decay=0.1)
@@ -255,7 +271,7 @@ def test_optimizers_are_deepspeed_chats_no_decay_on_biases_and_norm_weights(tiny
 def test_the_schedule_counts_optimizer_steps_not_rollouts():
     """cpu_small: 2 PPO epochs x 2 mini-batches of a rollout batch of 8 is 4 optimizer steps per PPO step,
     so a warm-up of 1 leaves only the first of 32 updates at learning rate 0, not the whole first PPO step."""
-    from mpo_lib.config import load_config
+    from mpo_lib.runtime.config import load_config
 
     spec = load_config(ROOT / "params" / "cpu_small.yaml").ppo
     vanilla = spec.steps(PPOVariant(init="sft", reference="sft", prompts="all"), prompts=64)  # one pass
@@ -265,7 +281,7 @@ def test_the_schedule_counts_optimizer_steps_not_rollouts():
 def test_each_ppo_variant_makes_one_pass_over_its_own_prompts_unless_told_otherwise():
     """DeepSpeed-Chat's num_train_epochs 1: vanilla PPO over 80K prompts runs 4x the steps of MPO's PPO over
     the 20K of a quarter; a variant's own epochs or max_steps, then ppo.max_steps, override the pass."""
-    from mpo_lib.config import PPOConfig
+    from mpo_lib.runtime.config import PPOConfig
 
     spec = PPOConfig(rollout_batch_size=64, mini_batch_size=64, max_new_tokens=8, actor_lr=1.0, critic_lr=1.0)
     assert spec.steps(PPOVariant(prompts="all"), 80_000) == 1250

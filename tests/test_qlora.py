@@ -7,9 +7,9 @@ import yaml
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
 from mpo_lib import Run, load_config
-from mpo_lib.artifacts import read_json
-from mpo_lib.models import four_bit, load_stage_model, load_tokenizer
-from mpo_lib.pipeline import run_pipeline
+from mpo_lib.runtime.artifacts import read_json
+from mpo_lib.runtime.models import four_bit, load_stage_model, load_tokenizer
+from mpo_lib.runtime.pipeline import run_pipeline
 
 from conftest import ROOT, SMOKE
 

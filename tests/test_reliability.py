@@ -22,7 +22,7 @@ import sys
 import pytest
 
 from mpo_lib import ConfigError, Run, load_config
-from mpo_lib.artifacts import DiskFull, read_json
+from mpo_lib.runtime.artifacts import DiskFull, read_json
 
 from conftest import LORA, ROOT, SMOKE
 
@@ -32,8 +32,8 @@ CHILD = """
 import json, sys, time
 from transformers import TrainerCallback
 from mpo_lib import Run, load_config
-from mpo_lib import ppo, sft
-from mpo_lib.data import load_preferences, sft_rows
+from mpo_lib.method import ppo, sft
+from mpo_lib.method.data import load_preferences, sft_rows
 
 params, overrides, run_dir, stage = sys.argv[1:]
 run = Run(load_config(params, json.loads(overrides)), run_dir)
@@ -89,8 +89,8 @@ def losses(stage_dir):
 @pytest.fixture(scope="module")
 def sft_rows_and_run(tiny_run, tmp_path_factory):
     """The SFT rows, and SFT run without interruption beside tiny_run's base."""
-    from mpo_lib.data import load_preferences, sft_rows
-    from mpo_lib.sft import run_sft
+    from mpo_lib.method.data import load_preferences, sft_rows
+    from mpo_lib.method.sft import run_sft
 
     rows = sft_rows(tiny_run.cfg, load_preferences(tiny_run.cfg))
     run = copy_run(tiny_run, tmp_path_factory.mktemp("uninterrupted"), "sft")
@@ -100,7 +100,7 @@ def sft_rows_and_run(tiny_run, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def uninterrupted_ppo(lora_run, tmp_path_factory):
-    from mpo_lib.ppo import run_ppo
+    from mpo_lib.method.ppo import run_ppo
 
     run = copy_run(lora_run, tmp_path_factory.mktemp("uninterrupted"), "ppo")
     run_ppo(run, "ppo_full")
@@ -114,7 +114,7 @@ def uninterrupted_ppo(lora_run, tmp_path_factory):
 def test_killed_trl_stage_resumes_from_its_checkpoint(tiny_run, sft_rows_and_run, tmp_path, capsys, sig):
     """SFT (full fine-tuning; rm and dpo share the code): killed after its checkpoint at step 4 of
     12, the next run goes on from step 4 and ends as the uninterrupted run does."""
-    from mpo_lib.sft import run_sft
+    from mpo_lib.method.sft import run_sft
 
     rows, uninterrupted = sft_rows_and_run
     killed = copy_run(tiny_run, tmp_path, "killed")
@@ -138,7 +138,7 @@ def test_killed_trl_stage_resumes_from_its_checkpoint(tiny_run, sft_rows_and_run
 def test_killed_ppo_resumes_from_its_checkpoint(lora_run, uninterrupted_ppo, tmp_path, capsys, sig):
     """PPO (vanilla PPO, LoRA on two backbones): killed after its checkpoint at step 2 of 4, the next run
     continues the same prompts, weights, optimizers and RNG: every later step is the uninterrupted run's."""
-    from mpo_lib.ppo import run_ppo
+    from mpo_lib.method.ppo import run_ppo
 
     killed = copy_run(lora_run, tmp_path, "killed")
     step = kill_after_first_checkpoint(killed, LORA, "ppo_full", sig, tmp_path)
@@ -165,8 +165,8 @@ def test_a_lora_reward_model_stopped_by_ctrl_c_resumes_from_its_checkpoint(lora_
     import torch
     from transformers import TrainerCallback
 
-    from mpo_lib import reward
-    from mpo_lib.data import load_preferences
+    from mpo_lib.method import reward
+    from mpo_lib.method.data import load_preferences
 
     class CtrlC(TrainerCallback):
         def on_save(self, args, state, control, **kwargs):
@@ -260,7 +260,7 @@ EMPTY_RESPONSE = {"chosen": "\n\nHuman: a\n\nAssistant:  ", "rejected": "\n\nHum
 
 def test_rows_without_an_assistant_turn_or_with_an_empty_response_are_counted_with_file_and_lines(tmp_path):
     """A few such rows in 160K are data, not a broken file: dropped, counted and located."""
-    from mpo_lib.data import load_preferences
+    from mpo_lib.method.data import load_preferences
 
     write_hh(tmp_path, "helpful-base", [GOOD, NO_ASSISTANT, GOOD, EMPTY_RESPONSE, GOOD, EMPTY_RESPONSE])
     report = load_preferences(hh_config(tmp_path)).report["helpful-base/test"]
@@ -270,7 +270,7 @@ def test_rows_without_an_assistant_turn_or_with_an_empty_response_are_counted_wi
 
 
 def test_a_file_with_no_usable_row_is_an_error_naming_it_and_the_lines(tmp_path):
-    from mpo_lib.data import DataError, load_preferences
+    from mpo_lib.method.data import DataError, load_preferences
 
     write_hh(tmp_path, "helpful-base", [NO_ASSISTANT, EMPTY_RESPONSE])
     with pytest.raises(DataError, match=r"helpful-base/test.jsonl.gz: no usable rows \(2 read; 1 dropped as "
@@ -279,7 +279,7 @@ def test_a_file_with_no_usable_row_is_an_error_naming_it_and_the_lines(tmp_path)
 
 
 def test_an_empty_data_folder_or_a_missing_subset_file_is_named(tmp_path):
-    from mpo_lib.data import DataError, load_preferences
+    from mpo_lib.method.data import DataError, load_preferences
 
     with pytest.raises(ConfigError, match=f"data.data_dir: {re.escape(str(tmp_path.resolve()))} is empty; "
                                           "expected the upstream layout"):
@@ -290,7 +290,7 @@ def test_an_empty_data_folder_or_a_missing_subset_file_is_named(tmp_path):
 
 
 def test_an_unknown_model_name_offline_names_the_choices(tmp_path):
-    from mpo_lib.models import prepare_base
+    from mpo_lib.runtime.models import prepare_base
 
     run = Run(load_config(SMOKE, {"model": {"name": "smollm2-135m"}}), tmp_path)
     with pytest.raises(ConfigError, match=r"model.name 'smollm2-135m' is not 'tiny', 'smollm2-135m-instruct', a local "
@@ -301,7 +301,7 @@ def test_an_unknown_model_name_offline_names_the_choices(tmp_path):
 
 def test_a_gamma_that_empties_a_set_says_so_and_suggests_one_that_works(lora_run, tmp_path):
     """The paper's gamma 2 on a small RM, whose reward gaps are all far below it."""
-    from mpo_lib.resample import run_split
+    from mpo_lib.method.resample import run_split
 
     run = copy_run(lora_run, tmp_path, "run")
     prompts = run.cfg.resample.num_prompts
@@ -316,7 +316,7 @@ def test_a_gamma_that_empties_a_set_says_so_and_suggests_one_that_works(lora_run
 def test_a_tokenizer_without_a_pad_token_pads_with_eos_and_says_so(tiny_run, tmp_path):
     from transformers import AutoTokenizer
 
-    from mpo_lib.models import load_tokenizer
+    from mpo_lib.runtime.models import load_tokenizer
 
     run = copy_run(tiny_run, tmp_path, "run")
     folder = run.path / "base" / "model"
@@ -333,7 +333,7 @@ def test_a_tokenizer_without_a_pad_token_pads_with_eos_and_says_so(tiny_run, tmp
 def test_a_full_disk_names_the_path_and_loses_nothing_written_before(lora_run, tmp_path, monkeypatch):
     """Re-splitting with another gamma runs out of disk: the finished split (gamma 0.01) and every
     other stage stay as they were."""
-    from mpo_lib import resample
+    from mpo_lib.method import resample
 
     run = copy_run(lora_run, tmp_path, "run")
     before = {path: path.read_bytes() for path in run.path.rglob("*") if path.is_file()}
@@ -399,7 +399,7 @@ DPO_BETA_RERUNS = {"dpo", "dpo_full", "dpo_hard", "dpo_base", "mpo_reverse", "mp
 
 
 def test_the_plan_names_exactly_the_stages_a_params_change_reruns_and_why(smoke_run):
-    from mpo_lib.lineage import plan
+    from mpo_lib.runtime.lineage import plan
 
     planned = plan(smoke_run)
     assert {row["action"] for row in planned} == {"reuse"}  # the hashes the stages recorded

@@ -9,11 +9,11 @@ import time
 
 import pytest
 
-from mpo_lib.run_lock import NO_WAIT_ENV, RunLocked, building
+from mpo_lib.runtime.run_lock import NO_WAIT_ENV, RunLocked, building
 
 from conftest import ROOT, SMOKE
 
-HOLD = "import sys, time; from mpo_lib.run_lock import building\nwith building(sys.argv[1]):\n" \
+HOLD = "import sys, time; from mpo_lib.runtime.run_lock import building\nwith building(sys.argv[1]):\n" \
        "    print('held', flush=True); time.sleep(float(sys.argv[2]))"
 
 

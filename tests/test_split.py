@@ -1,4 +1,4 @@
-from mpo_lib.resample import split_by_gap
+from mpo_lib.method.resample import split_by_gap
 
 
 def pair(prompt, reward_1, reward_2):
@@ -28,8 +28,8 @@ def test_every_prompt_lands_in_exactly_one_set():
 def test_each_further_gamma_trains_its_own_mpo_on_its_own_split(smoke_run):
     """split.gammas: split_gamma<g>, dpo_gamma<g> on that split's D^e and mpo_gamma<g> on its D^h, from and
     near that DPO; every one evaluated beside split.gamma's MPO."""
-    from mpo_lib import evaluation
-    from mpo_lib.artifacts import read_json
+    from mpo_lib.reporting import evaluation
+    from mpo_lib.runtime.artifacts import read_json
 
     gamma = smoke_run.cfg.split.gammas[0]
     split = smoke_run.metrics("split_gamma0p015")

@@ -2,9 +2,10 @@
 with the smoke model, and the rows of the paper's TL;DR column that such a run produces."""
 import pytest
 
-from mpo_lib import Run, evaluation, load_config
-from mpo_lib.dryrun import protocol
-from mpo_lib.pipeline import run_pipeline, summary
+from mpo_lib import Run, load_config
+from mpo_lib.reporting import evaluation
+from mpo_lib.runtime.dryrun import protocol
+from mpo_lib.runtime.pipeline import run_pipeline, summary
 
 from conftest import ROOT
 

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
 
-from .config import Config, DPOVariant, PPOVariant
+from mpo_lib.runtime.config import Config, DPOVariant, PPOVariant
 
 # The paper's ablations, each a stage named after it; `ablations` in params chooses which run.
 # Fig. 4: DPO and PPO trained from SFT on D^e, D^h or everything (`dpo` and `ppo_full` are the
@@ -55,18 +55,18 @@ class Inputs:
 
     @cached_property
     def splits(self):
-        from .data import load_preferences
+        from mpo_lib.method.data import load_preferences
         return load_preferences(self.run.cfg)
 
     @cached_property
     def corpus(self) -> list[str]:
-        from .data import corpus
+        from mpo_lib.method.data import corpus
         return corpus(self.run.cfg, self.splits)
 
     @cached_property
     def prompts(self) -> list[dict]:
         """The held-out evaluation prompts (cut with the base tokenizer: known once `base` is built)."""
-        from .evaluation import eval_prompts
+        from mpo_lib.reporting.evaluation import eval_prompts
         if not self.run.is_complete("base"):
             raise PromptsUnknown("the evaluation prompts are cut with the base tokenizer: build base first")
         return eval_prompts(self.run, self.splits.evaluation)
@@ -126,93 +126,93 @@ def paper_row(name: str) -> str:
 
 
 def _base_spec(run, stage, inputs):
-    from .models import base_spec
+    from mpo_lib.runtime.models import base_spec
     return base_spec(run.cfg, inputs.corpus)
 
 
 def _base_build(run, stage, inputs):
-    from .models import prepare_base
+    from mpo_lib.runtime.models import prepare_base
     return prepare_base(run, inputs.corpus)
 
 
 def _data_spec(run, stage, inputs):
-    from .stats import data_spec
+    from mpo_lib.reporting.stats import data_spec
     return data_spec(run.cfg)
 
 
 def _data_build(run, stage, inputs):
-    from .stats import run_data_stats
+    from mpo_lib.reporting.stats import run_data_stats
     return run_data_stats(run, inputs.splits)
 
 
 def _sft_spec(run, stage, inputs):
-    from .sft import sft_spec
+    from mpo_lib.method.sft import sft_spec
     return sft_spec(run.cfg)
 
 
 def _sft_build(run, stage, inputs):
-    from .data import sft_rows
-    from .sft import run_sft
+    from mpo_lib.method.data import sft_rows
+    from mpo_lib.method.sft import run_sft
     return run_sft(run, sft_rows(run.cfg, inputs.splits))
 
 
 def _rm_spec(run, stage, inputs):
-    from .reward import rm_spec
+    from mpo_lib.method.reward import rm_spec
     return rm_spec(run.cfg)
 
 
 def _rm_build(run, stage, inputs):
-    from .reward import run_reward
+    from mpo_lib.method.reward import run_reward
     return run_reward(run, inputs.splits.train, inputs.splits.heldout)
 
 
 def _resample_spec(run, stage, inputs):
-    from .resample import resample_spec
+    from mpo_lib.method.resample import resample_spec
     return resample_spec(run.cfg)
 
 
 def _resample_build(run, stage, inputs):
-    from .resample import run_resample
+    from mpo_lib.method.resample import run_resample
     return run_resample(run, inputs.splits.train)
 
 
 def _split_spec(run, stage, inputs):
-    from .resample import split_spec
+    from mpo_lib.method.resample import split_spec
     return split_spec(stage.gamma)
 
 
 def _split_build(run, stage, inputs):
-    from .resample import run_split
+    from mpo_lib.method.resample import run_split
     return run_split(run, stage.name, stage.gamma)
 
 
 def _dpo_spec(run, stage, inputs):
-    from .dpo import dpo_spec
+    from mpo_lib.method.dpo import dpo_spec
     return dpo_spec(run, stage.name)
 
 
 def _dpo_build(run, stage, inputs):
-    from .dpo import run_dpo
+    from mpo_lib.method.dpo import run_dpo
     return run_dpo(run, inputs.splits.train, stage.name)
 
 
 def _ppo_spec(run, stage, inputs):
-    from .ppo import ppo_spec
+    from mpo_lib.method.ppo import ppo_spec
     return ppo_spec(run.cfg, stage.name)
 
 
 def _ppo_build(run, stage, inputs):
-    from .ppo import run_ppo
+    from mpo_lib.method.ppo import run_ppo
     return run_ppo(run, stage.name)
 
 
 def _eval_spec(run, stage, inputs):
-    from .evaluation import eval_spec
+    from mpo_lib.reporting.evaluation import eval_spec
     return eval_spec(run, stage.policy, inputs.prompts)
 
 
 def _eval_build(run, stage, inputs):
-    from .evaluation import run_policy_eval
+    from mpo_lib.reporting.evaluation import run_policy_eval
     return run_policy_eval(run, stage.policy, inputs.prompts)
 
 

@@ -11,13 +11,14 @@ from pathlib import Path
 
 from traitlets.config import Config as TraitletsConfig
 
-from . import evaluation, judge, stages
-from .artifacts import Run
-from .config import PROJECT_ROOT, load_config, params_path
-from .figures import copy_to_repository
-from .lineage import plan
-from .paper import RM_ACCURACY
-from .run_lock import building
+from mpo_lib.reporting import evaluation, judge
+from mpo_lib.reporting.figures import copy_to_repository
+from mpo_lib.reporting.paper import RM_ACCURACY
+from mpo_lib.runtime import stages
+from mpo_lib.runtime.artifacts import Run
+from mpo_lib.runtime.config import PROJECT_ROOT, load_config, params_path
+from mpo_lib.runtime.lineage import plan
+from mpo_lib.runtime.run_lock import building
 
 NOTEBOOKS = PROJECT_ROOT / "notebooks"
 
@@ -36,7 +37,7 @@ def notebooks(until: str | None = None) -> list[Path]:
 
 
 def print_plan(run: Run) -> list[dict]:
-    """What a full run would do with each stage, and why (mpo_lib.lineage)."""
+    """What a full run would do with each stage, and why (mpo_lib.runtime.lineage)."""
     rows = plan(run)
     for row in rows:
         print(f"plan: {row['stage']:<18} {row['action']:<7} {row['why']}", flush=True)

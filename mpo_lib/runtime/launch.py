@@ -3,7 +3,7 @@ ablations, the eval_<policy> generations) runs: in the notebook's kernel, or und
 With launch.generation_backend: vllm, resample and eval_<policy> run in the kernel through vLLM.
 
 A notebook cell calls `dpo.train(run)`, that is `launch.run_stage(run, "dpo")`, whatever the params say; the stage registry
-(mpo_lib.stages) says what the stage is and how it is built. With
+(mpo_lib.runtime.stages) says what the stage is and how it is built. With
 launch.num_processes = 1 the stage runs in-process. With more, the run's resolved params are
 written to <run>/launch/<stage>.yaml and the stage runs as
 
@@ -27,10 +27,10 @@ from pathlib import Path
 
 import yaml
 
-from . import stages
-from .artifacts import Run
-from .config import PROJECT_ROOT, Config
-from .run_lock import building
+from mpo_lib.runtime import stages
+from mpo_lib.runtime.artifacts import Run
+from mpo_lib.runtime.config import PROJECT_ROOT, Config
+from mpo_lib.runtime.run_lock import building
 
 
 class LaunchError(RuntimeError):
@@ -53,7 +53,7 @@ WORKER_ERROR = "mpo_lib worker error:"
 def run_stage(run: Run, stage: str) -> dict:
     """What a notebook cell calls: the stage's metrics, trained in-process or by launched workers."""
     if run.cfg.launch.generation_backend == "vllm" and stages.stage(run.cfg, stage).kind.generates:
-        from .vllm_backend import require_vllm
+        from mpo_lib.runtime.vllm_backend import require_vllm
         require_vllm()  # before anything runs: the stages already finished stay as they are
         return stages.build(run, stage)  # one process; vLLM spreads the model over the GPUs itself
     if run.cfg.launch.num_processes == 1:
@@ -88,7 +88,7 @@ def worker_main(params: str, run_dir: str, stage: str, overrides: dict | None = 
     import torch
     from accelerate import PartialState
 
-    from .config import load_config
+    from mpo_lib.runtime.config import load_config
     PartialState(cpu=not torch.cuda.is_available())
     try:
         stages.build(Run(load_config(Path(params), overrides), run_dir), stage)

@@ -2,9 +2,9 @@
 stage trained by the same DPO or PPO code as the main stages, with the variant that defines it."""
 from __future__ import annotations
 
-from .artifacts import Run
-from .launch import run_stage
-from .stages import ablation_stages
+from mpo_lib.runtime.artifacts import Run
+from mpo_lib.runtime.launch import run_stage
+from mpo_lib.runtime.stages import ablation_stages
 
 
 def run_ablations(run: Run) -> dict[str, dict]:

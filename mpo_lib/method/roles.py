@@ -10,10 +10,10 @@ import copy
 
 import torch
 
-from . import zero
-from .artifacts import Run
-from .config import PPOVariant
-from .models import load_frozen_adapters, load_stage_model, load_tokenizer, lora_config, stage_chain, to_device
+from mpo_lib.runtime import zero
+from mpo_lib.runtime.artifacts import Run
+from mpo_lib.runtime.config import PPOVariant
+from mpo_lib.runtime.models import load_frozen_adapters, load_stage_model, load_tokenizer, lora_config, stage_chain, to_device
 
 
 class Roles:

@@ -14,6 +14,9 @@ results are comparable:
   rates and weight decay for actor and critic, with DeepSpeed-Chat's betas (0.9, 0.95) and no decay on
   biases and norm weights; a cosine schedule with warm-up (DeepSpeed-Chat's default) stepped with
   every optimizer step; one PPO epoch per rollout batch by default.
+- pi is the distribution rollouts are sampled from: with ppo.temperature T, the ratio, the KL and the
+  entropy use softmax(logits / T) of both the policy and the reference (as TRL and OpenRLHF); greedy
+  rollouts use T = 1. DeepSpeed-Chat samples at T = 1. ppo.top_p < 1 is refused (config).
 - The critic starts from the reward model. Reward normalisation (running mean/std) is off by default.
 - Budget: one pass over the stage's own prompts (DeepSpeed-Chat's num_train_epochs 1), that is
   ceil(ppo.epochs x prompts / rollout_batch_size) steps; PPOConfig.steps says what overrides it.
@@ -26,12 +29,12 @@ and a trainable copy of the score head. Four roles on one backbone, whatever the
 delta adds to the layer it adapts, so stacking equals merging up to rounding. Full fine-tuning keeps
 four separate models.
 
-Several processes (launch.num_processes > 1, mpo_lib/launch.py): each worker generates, scores and
+Several processes (launch.num_processes > 1, mpo_lib/runtime/launch.py): each worker generates, scores and
 updates its share of every rollout batch (rollout_batch_size and mini_batch_size are global,
 micro_batch_size per worker). The token counts of each mini-batch and the gradients are summed over
 the workers before each optimizer step, so the update is the one a single process would make on the
 whole mini-batch: a plain all-reduce, as DDP, or, with full fine-tuning and launch.deepspeed_config,
-DeepSpeed engines for the four models under the config's ZeRO stage (mpo_lib/zero.py). The logged
+DeepSpeed engines for the four models under the config's ZeRO stage (mpo_lib/runtime/zero.py). The logged
 statistics cover the whole batch; the main worker alone writes the stage's files.
 
 Checkpoints and faults: every checkpoint_every steps, <stage>.partial/checkpoint/state.pt holds all
@@ -55,17 +58,17 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from . import stages, zero
-from .artifacts import Run, announce_resume
-from .config import PPOVariant
-from .data import truncate_prompt
-from .distributed import all_gather, all_reduce, is_main_process, rank_and_world
-from .launch import run_stage
-from .models import device, load_tokenizer, save_stage_model
-from .resample import decode_responses, load_pairs, load_split, positions, sample_batch
-from .reward import score
-from .roles import Roles, build_roles
-from .tracking import Tracker
+from mpo_lib.method.data import truncate_prompt
+from mpo_lib.method.resample import decode_responses, load_pairs, load_split, positions, sample_batch
+from mpo_lib.method.reward import score
+from mpo_lib.method.roles import Roles, build_roles
+from mpo_lib.runtime import stages, zero
+from mpo_lib.runtime.artifacts import Run, announce_resume
+from mpo_lib.runtime.config import PPOVariant
+from mpo_lib.runtime.distributed import all_gather, all_reduce, is_main_process, rank_and_world
+from mpo_lib.runtime.launch import run_stage
+from mpo_lib.runtime.models import device, load_tokenizer, save_stage_model
+from mpo_lib.runtime.tracking import Tracker
 
 
 class PPOFault(RuntimeError):
@@ -132,13 +135,17 @@ def response_mask(response_ids, eos_id: int, pad_id: int, stopped: list[bool] | 
     return (before_end | sampled_eos).float()
 
 
-def token_logprobs(model, input_ids, attention_mask, prompt_length: int, with_entropy: bool = False):
-    """log pi(token) for every response token (and the policy's entropy there)."""
+def token_logprobs(model, input_ids, attention_mask, prompt_length: int, with_entropy: bool = False,
+                   temperature: float = 1.0):
+    """log pi(token) for every response token (and the policy's entropy there), pi being the distribution the
+    rollouts sample from: softmax(logits / temperature)."""
     response_length = input_ids.shape[1] - prompt_length
     # the LM head only where a response token is predicted: the full-vocabulary logits of the prompt
     # would be most of the memory of a step
     logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions(attention_mask),
                    logits_to_keep=response_length + 1).logits[:, :-1].float()
+    if temperature != 1.0:
+        logits = logits / temperature
     # gather - logsumexp keeps one vocabulary-sized tensor for backward, where log_softmax keeps two
     logprobs = logits.gather(-1, input_ids[:, prompt_length:, None]).squeeze(-1) - logits.logsumexp(-1)
     if not with_entropy:
@@ -235,6 +242,8 @@ class Trainer:
         self.run, self.cfg, self.spec, self.roles, self.out_dir = run, run.cfg, run.cfg.ppo, roles, out_dir
         self.tokenizer = load_tokenizer(run)
         self.kl_coef = self.spec.init_kl_coef
+        # the distribution the rollouts are drawn from (greedy rollouts: the policy's own)
+        self.temperature = 1.0 if self.spec.greedy_rollouts else self.spec.temperature
         self.reward_moments = RunningMoments()
         self.optimizers = {
             role: torch.optim.AdamW(optimizer_groups(roles.trainable[role], decay), lr=lr, betas=ADAM_BETAS)
@@ -277,9 +286,10 @@ class Trainer:
             for rows in torch.arange(len(prompts)).split(spec.micro_batch):
                 ids, att = output[rows], attention[rows]
                 with roles.use("policy") as policy:
-                    logprobs.append(token_logprobs(policy, ids, att, prompt_length))
+                    logprobs.append(token_logprobs(policy, ids, att, prompt_length, temperature=self.temperature))
                 with roles.use("reference") as reference:
-                    ref_logprobs.append(token_logprobs(reference, ids, att, prompt_length))
+                    ref_logprobs.append(token_logprobs(reference, ids, att, prompt_length,
+                                                       temperature=self.temperature))
                 with roles.use("critic") as critic:
                     values.append(token_values(critic, ids, att, prompt_length))
                 with roles.use("reward") as reward:
@@ -325,7 +335,7 @@ class Trainer:
             with roles.use("policy") as policy:
                 with self.autocast:
                     logprobs, entropy = token_logprobs(policy, mb["input_ids"], mb["attention_mask"],
-                                                       batch.prompt_length, with_entropy=True)
+                                                       batch.prompt_length, True, self.temperature)
                 actor_loss, ratio, clip_fraction = policy_loss(logprobs, mb["logprobs"], mb["advantages"], mb["mask"],
                                                                spec.cliprange)
                 max_ratio = max(max_ratio, (ratio * mb["mask"]).max().item())

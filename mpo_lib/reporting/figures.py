@@ -11,10 +11,10 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
-from .artifacts import Run, read_json
-from .config import PROJECT_ROOT
-from .paper import RM_ACCURACY
-from .resample import gap_values, load_pairs
+from mpo_lib.method.resample import gap_values, load_pairs
+from mpo_lib.reporting.paper import RM_ACCURACY
+from mpo_lib.runtime.artifacts import Run, read_json
+from mpo_lib.runtime.config import PROJECT_ROOT
 
 
 def _bins(gaps: np.ndarray, edges: list[float]):

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import json
 
-from . import stages
-from .artifacts import RESUME_STATE, Run, completed_hash, config_hash, read_json
+from mpo_lib.runtime import stages
+from mpo_lib.runtime.artifacts import RESUME_STATE, Run, completed_hash, config_hash, read_json
 
 
 def _changed_keys(old, new, prefix="") -> list[str]:

@@ -8,11 +8,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .artifacts import Run, write_json
-from .data import fit_row, truncate_prompt
-from .launch import run_stage
-from .models import is_adapter, load_stage_model, load_tokenizer, lora_config
-from .training import save_trained, train_and_summarise, trainer_args, weights_dtype
+from mpo_lib.method.data import fit_row, truncate_prompt
+from mpo_lib.runtime.artifacts import Run, write_json
+from mpo_lib.runtime.launch import run_stage
+from mpo_lib.runtime.models import is_adapter, load_stage_model, load_tokenizer, lora_config
+from mpo_lib.runtime.training import save_trained, train_and_summarise, trainer_args, weights_dtype
 
 
 @torch.no_grad()

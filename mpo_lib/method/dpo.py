@@ -13,14 +13,14 @@ from pathlib import Path
 from datasets import Dataset
 from trl import DPOConfig, DPOTrainer
 
-from . import stages
-from .artifacts import Run
-from .config import DPOVariant
-from .data import fit_row
-from .launch import run_stage
-from .models import is_adapter, load_stage_model, load_tokenizer, lora_config
-from .resample import load_pairs, load_split, split_by_gap
-from .training import save_trained, train_and_summarise, trainer_args, weights_dtype
+from mpo_lib.method.data import fit_row
+from mpo_lib.method.resample import load_pairs, load_split, split_by_gap
+from mpo_lib.runtime import stages
+from mpo_lib.runtime.artifacts import Run
+from mpo_lib.runtime.config import DPOVariant
+from mpo_lib.runtime.launch import run_stage
+from mpo_lib.runtime.models import is_adapter, load_stage_model, load_tokenizer, lora_config
+from mpo_lib.runtime.training import save_trained, train_and_summarise, trainer_args, weights_dtype
 
 
 def dpo_variant(run: Run, name: str) -> DPOVariant:

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .artifacts import Run, write_json
-from .data import Splits, length_stats
-from .models import load_tokenizer
+from mpo_lib.method.data import Splits, length_stats
+from mpo_lib.runtime.artifacts import Run, write_json
+from mpo_lib.runtime.models import load_tokenizer
 
 
 def run_data_stats(run: Run, splits: Splits) -> dict:

@@ -7,9 +7,9 @@ prompts with one decoding setting, and the run's reward model scores the answers
 - Paired differences: for each comparison the paper draws (COMPARISONS), the mean per-prompt
   reward difference with a paired 95% BCa interval; a difference is called real only when that
   interval excludes 0.
-- Table 4: the pairwise judge (mpo_lib.judge) on eval.compare (MPO vs PPO), both orders, with an
+- Table 4: the pairwise judge (mpo_lib.reporting.judge) on eval.compare (MPO vs PPO), both orders, with an
   interval for the win - lose rate.
-- Table 5: blinded human-evaluation sheets (mpo_lib.human_eval), summarised once labels exist.
+- Table 5: blinded human-evaluation sheets (mpo_lib.reporting.human_eval), summarised once labels exist.
 - Table 7: the same prompts answered side by side (the paper's own instructions included for HH).
 """
 from __future__ import annotations
@@ -19,16 +19,16 @@ import json
 import os
 from pathlib import Path
 
-from . import stages
-from .artifacts import Run, config_hash, read_json, write_json
-from .bootstrap import mean_ci, paired_difference_ci
-from .data import truncate_prompt
-from .distributed import is_main_process
-from .launch import run_stage
-from .models import device, load_stage_model, load_tokenizer, to_device
-from .paper import CASES, RESULTS
-from .resample import sample_and_score
-from .reward import score
+from mpo_lib.method.data import truncate_prompt
+from mpo_lib.method.resample import sample_and_score
+from mpo_lib.method.reward import score
+from mpo_lib.reporting.bootstrap import mean_ci, paired_difference_ci
+from mpo_lib.reporting.paper import CASES, RESULTS
+from mpo_lib.runtime import stages
+from mpo_lib.runtime.artifacts import Run, config_hash, read_json, write_json
+from mpo_lib.runtime.distributed import is_main_process
+from mpo_lib.runtime.launch import run_stage
+from mpo_lib.runtime.models import device, load_stage_model, load_tokenizer, to_device
 
 
 def policies(run: Run) -> list[str]:
@@ -281,14 +281,14 @@ def compared_items(run: Run, limit: int | None = None) -> list[dict]:
 
 
 def make_judge(run: Run, kind: str):
-    from . import judge
+    from mpo_lib.reporting import judge
 
     if kind == "openai":
         return judge.OpenAIJudge()
     if kind == "local":
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        from .models import SMOLLM2, smollm2_folder
+        from mpo_lib.runtime.models import SMOLLM2, smollm2_folder
         path = str(smollm2_folder()) if run.cfg.eval.judge_model == SMOLLM2 else run.cfg.eval.judge_model
         return judge.LocalChatJudge(AutoModelForCausalLM.from_pretrained(path).to(device()),
                                     AutoTokenizer.from_pretrained(path), name=f"local:{run.cfg.eval.judge_model}")
@@ -302,7 +302,7 @@ def make_judge(run: Run, kind: str):
 def table4(run: Run) -> dict[str, dict]:
     """Each judge of eval.judges on eval.compare, in both orders; judgements cached under
     <run>/judge/ (a re-run costs nothing), results in <run>/judge/<kind>.json."""
-    from .judge import OPENAI_ENV, judge_pairs, openai_configured
+    from mpo_lib.reporting.judge import OPENAI_ENV, judge_pairs, openai_configured
 
     items = compared_items(run, run.cfg.eval.judge_items)
     for kind in run.cfg.eval.judges:
@@ -324,7 +324,7 @@ def judge_summaries(run: Run) -> dict[str, dict]:
 def export_human_eval(run: Run) -> Path:
     """Blinded sheets for eval.compare under <run>/human_eval/: eval.human_eval_items per subset,
     three annotators. Sheets are written once: re-running never replaces sheets being filled in."""
-    from .human_eval import export_sheets
+    from mpo_lib.reporting.human_eval import export_sheets
 
     folder = run.path / "human_eval"
     # the sheets hold these stages' answers: other answers make them another evaluation
@@ -352,7 +352,7 @@ def export_human_eval(run: Run) -> Path:
 def table5(run: Run) -> dict | None:
     """Win/Tie/Lose per category and Fleiss' kappa, once the filled sheets are in
     <run>/human_eval/labels/ (same file names); None until then."""
-    from .human_eval import import_labels, summarise
+    from mpo_lib.reporting.human_eval import import_labels, summarise
 
     folder = run.path / "human_eval"
     filled = sorted((folder / "labels").glob("sheet_*.csv"))
@@ -404,7 +404,7 @@ def compute_rows(run: Run) -> list[dict]:
         if tokens and m.get("wall_seconds"):
             rate = tokens / m["wall_seconds"]
         rows.append({"stage": stage.name, "samples seen": samples, "tokens generated": tokens,
-                     "optimizer steps": m.get("optimizer_steps"), "wall-clock s": round(m.get("wall_seconds") or 0),
+                     "optimizer steps": m.get("optimizer_steps"), "wall-clock s": round(m.get("wall_seconds") or 0, 1),
                      "tokens/s": rate and round(rate)})
     return rows
 

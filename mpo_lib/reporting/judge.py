@@ -19,7 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
-from .bootstrap import mean_ci
+from mpo_lib.reporting.bootstrap import mean_ci
 
 JUDGE_PROMPT = """Please evaluate the quality of the response according to the given instructions. Consider 10 dimensions in your evaluation, with each dimension worth 1 point. Provide a total score out of 10 points.
 

@@ -10,9 +10,9 @@ stop string (cut from the text), num_samples answers per prompt, the run's seed.
 """
 from __future__ import annotations
 
-from .artifacts import Run
-from .config import ConfigError
-from .models import DTYPES, load_stage_model, load_tokenizer
+from mpo_lib.runtime.artifacts import Run
+from mpo_lib.runtime.config import ConfigError
+from mpo_lib.runtime.models import DTYPES, load_stage_model, load_tokenizer
 
 
 def require_vllm():

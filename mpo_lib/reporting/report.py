@@ -5,10 +5,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from . import evaluation, judge, stages
-from .artifacts import Run
-from .paper import RESULTS, RM_ACCURACY
-from .resample import sizes_by_gamma
+from mpo_lib.method.resample import sizes_by_gamma
+from mpo_lib.reporting import evaluation, judge
+from mpo_lib.reporting.paper import RESULTS, RM_ACCURACY
+from mpo_lib.runtime import stages
+from mpo_lib.runtime.artifacts import Run
 
 HH = RESULTS["hh"]  # Fig. 4's quoted values are HH-RLHF's
 

@@ -19,13 +19,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .artifacts import Run, read_json, write_json
-from .config import ConfigError
-from .data import truncate_prompt
-from .distributed import gather_objects, rank_and_world
-from .launch import run_stage
-from .models import DTYPES, load_stage_model, load_tokenizer, to_device
-from .reward import score
+from mpo_lib.method.data import truncate_prompt
+from mpo_lib.method.reward import score
+from mpo_lib.runtime.artifacts import Run, read_json, write_json
+from mpo_lib.runtime.config import ConfigError
+from mpo_lib.runtime.distributed import gather_objects, rank_and_world
+from mpo_lib.runtime.launch import run_stage
+from mpo_lib.runtime.models import DTYPES, load_stage_model, load_tokenizer, to_device
 
 
 def positions(attention_mask):
@@ -138,7 +138,7 @@ def sample_and_score(run: Run, stage: str, prompts: list[str], num_samples: int,
     mine, seed = prompts[rank::world], cfg.seed + rank
     started = time.time()
     if cfg.launch.generation_backend == "vllm":
-        from .vllm_backend import vllm_generate
+        from mpo_lib.runtime.vllm_backend import vllm_generate
         samples = vllm_generate(run, stage, mine, num_samples, spec.max_new_tokens, spec.temperature, spec.top_p,
                                 cfg.resample.stop, seed, repetition_penalty)
     else:

@@ -19,11 +19,11 @@ from pathlib import Path
 
 import yaml
 
-from . import stages
-from .artifacts import Run, read_json
-from .config import ConfigError, load_config
-from .models import base_model_id, load_stage_model, load_tokenizer
-from .resample import load_pairs, load_split, split_by_gap
+from mpo_lib.method.resample import load_pairs, load_split, split_by_gap
+from mpo_lib.runtime import stages
+from mpo_lib.runtime.artifacts import Run, read_json
+from mpo_lib.runtime.config import ConfigError, load_config
+from mpo_lib.runtime.models import base_model_id, load_stage_model, load_tokenizer
 
 PAPER = ("Mixed Preference Optimization: A Two-stage Reinforcement Learning with Human Feedbacks "
          "(Gou & Nguyen, arXiv:2403.19443)")

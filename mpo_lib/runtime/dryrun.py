@@ -29,9 +29,9 @@ from dataclasses import dataclass
 
 import torch
 
-from . import paper
-from . import stages as registry
-from .config import Config, ConfigError
+from mpo_lib.reporting import paper
+from mpo_lib.runtime import stages as registry
+from mpo_lib.runtime.config import Config, ConfigError
 
 GB = 2**30
 # config.json of models a dry run may plan for without the hub (public values)
@@ -164,7 +164,7 @@ def training_rows(cfg: Config, run=None) -> tuple[dict[str, int], str]:
     """Rows for SFT, RM, resampling (prompts) and |D^e| of each split stage, and where the counts come from."""
     subsets = cfg.data.subsets
     if cfg.data.source == "local":
-        from .data import load_preferences, sft_rows
+        from mpo_lib.method.data import load_preferences, sft_rows
         splits = load_preferences(cfg)
         preference = {s: sum(r["subset"] == s for r in splits.train) for s in subsets}
         sft = len(sft_rows(cfg, splits))
@@ -206,7 +206,7 @@ def through_vllm(cfg: Config, stage: str) -> bool:
 
 
 def launch_command(cfg: Config, stage: str, params: str) -> str:
-    from .launch import stage_command
+    from mpo_lib.runtime.launch import stage_command
     if through_vllm(cfg, stage):
         return f"in-process through vLLM (tensor parallel over {cfg.launch.vllm_tensor_parallel} GPU(s))"
     if cfg.launch.num_processes == 1:
@@ -238,7 +238,7 @@ def ppo_stage(cfg, arch, variant, prompts: int) -> dict:
     length = cfg.data.max_prompt_tokens + spec.max_new_tokens
     # LoRA: all four roles are adapters over one backbone (the frozen stage adapters are not counted), the
     # workers all-reduce the adapters' gradients, no ZeRO. Full fine-tuning: four models; on several workers,
-    # DeepSpeed engines under the config's ZeRO stage (mpo_lib/zero.py), the frozen models partitioned under
+    # DeepSpeed engines under the config's ZeRO stage (mpo_lib/runtime/zero.py), the frozen models partitioned under
     # ZeRO-3 only, and a rollout generating from the policy gathered whole.
     zero = cfg.launch.zero_stage() if cfg.model.lora is None and world > 1 else 0
     update = activations(arch, spec.micro_batch, length, spec.gradient_checkpointing)
@@ -311,7 +311,7 @@ def dry_run(cfg: Config, params: str, run=None) -> list[dict]:
         stages[ppo.name] = ppo_stage(cfg, arch, ppo.variant, trained_on(ppo.variant, ppo.variant.prompts))
     stages["eval"] = generation_stage(cfg, arch, cfg.eval.num_prompts, cfg.eval.batch_size, cfg.eval.max_new_tokens,
                                       world_size(cfg, "eval"))
-    # every stage goes through the launcher (mpo_lib/launch.py); with vLLM, resample and eval run in the kernel
+    # every stage goes through the launcher (mpo_lib/runtime/launch.py); with vLLM, resample and eval run in the kernel
     return [{"stage": name, "launch": launch_command(cfg, name, params), "world_size": world_size(cfg, name),
              "fits": cfg.launch.device_memory_gb is None or stage["memory_gb"]["total"] <= cfg.launch.device_memory_gb,
              "counts": source, **stage} for name, stage in stages.items()]

@@ -7,8 +7,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .config import Config
-from .distributed import is_main_process
+from mpo_lib.runtime.config import Config
+from mpo_lib.runtime.distributed import is_main_process
 
 
 def run_label(cfg: Config, stage: str) -> str:

@@ -7,11 +7,11 @@ from pathlib import Path
 from datasets import Dataset
 from trl import SFTConfig, SFTTrainer
 
-from .artifacts import Run
-from .data import fit_row
-from .launch import run_stage
-from .models import load_stage_model, load_tokenizer, lora_config
-from .training import save_trained, train_and_summarise, trainer_args, weights_dtype
+from mpo_lib.method.data import fit_row
+from mpo_lib.runtime.artifacts import Run
+from mpo_lib.runtime.launch import run_stage
+from mpo_lib.runtime.models import load_stage_model, load_tokenizer, lora_config
+from mpo_lib.runtime.training import save_trained, train_and_summarise, trainer_args, weights_dtype
 
 
 def run_sft(run: Run, rows: list[dict]) -> dict:

@@ -20,9 +20,9 @@ from pathlib import Path
 
 import yaml
 
-from .config import PROJECT_ROOT, Config
-from .distributed import barrier, is_main_process, rank_and_world
-from .run_lock import building
+from mpo_lib.runtime.config import PROJECT_ROOT, Config
+from mpo_lib.runtime.distributed import barrier, is_main_process, rank_and_world
+from mpo_lib.runtime.run_lock import building
 
 MARKER = "COMPLETE"
 # what a killed attempt leaves for the next one with the same config: TRL's checkpoints (trainer/)

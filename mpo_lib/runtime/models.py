@@ -25,9 +25,9 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
-from .artifacts import Run, read_json, write_json
-from .config import Config, ConfigError
-from .distributed import is_main_process
+from mpo_lib.runtime.artifacts import Run, read_json, write_json
+from mpo_lib.runtime.config import Config, ConfigError
+from mpo_lib.runtime.distributed import is_main_process
 
 SMOLLM2 = "smollm2-135m-instruct"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}

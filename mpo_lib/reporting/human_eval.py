@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 from statsmodels.stats.inter_rater import aggregate_raters, fleiss_kappa
 
-from .artifacts import read_json, write_json
+from mpo_lib.runtime.artifacts import read_json, write_json
 
 COLUMNS = ["item", "category", "instruction", "response_1", "response_2", "label"]
 OUTCOMES = ("win", "tie", "lose")

@@ -1,5 +1,5 @@
 """What the kit's code needs from torch.distributed when a stage runs in launched workers
-(mpo_lib/launch.py); in one process every function here is the identity or does nothing.
+(mpo_lib/runtime/launch.py); in one process every function here is the identity or does nothing.
 torch is imported on first use: `import mpo_lib` stays light."""
 from __future__ import annotations
 

@@ -18,7 +18,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
 # credentials by key name, or by value (OpenAI, Hugging Face, GitHub, AWS key formats)
 SECRET_KEY = re.compile(r"api_?key|secret|passw(or)?d|credential|^token$|(access|auth|api|bearer|hf)_?token$",
                         re.IGNORECASE)
@@ -176,7 +176,7 @@ class PPOVariant(_Section):
 
 
 class PPOConfig(_Section):
-    """The kit's PPO (DeepSpeed-Chat semantics; mpo_lib/ppo.py documents every choice)."""
+    """The kit's PPO (DeepSpeed-Chat semantics; mpo_lib/method/ppo.py documents every choice)."""
     variants: dict[str, PPOVariant] = {"mpo": PPOVariant(),
                                        "ppo_full": PPOVariant(init="sft", reference="sft", prompts="all")}
     # Each variant's budget: by default one pass over its own prompt set, as DeepSpeed-Chat's
@@ -191,10 +191,10 @@ class PPOConfig(_Section):
     micro_batch_size: int | None = Field(None, gt=0, description="per process; unset: mini_batch_size")
     ppo_epochs: int = Field(1, gt=0)
     max_new_tokens: int = Field(gt=0)
-    temperature: float = Field(1.0, gt=0)
-    top_p: float = Field(1.0, gt=0, le=1)
+    temperature: float = Field(1.0, gt=0, description="rollouts ~ softmax(logits / T); ratio and KL use the same T")
+    top_p: float = Field(1.0, gt=0, le=1, description="1 only: nucleus log-probs are not computed")
     # DeepSpeed-Chat's LLaMA rollouts (do_sample=False): each response the policy's most likely one; the ratio
-    # and KL still use the policy's log-probabilities of those tokens (temperature and top_p unused)
+    # and KL use the untempered log-probabilities of those tokens (temperature unused)
     greedy_rollouts: bool = False
     actor_lr: float = Field(gt=0)
     critic_lr: float = Field(gt=0)
@@ -228,6 +228,10 @@ class PPOConfig(_Section):
         if self.mini_batch_size % self.micro_batch:
             raise ValueError(f"ppo.mini_batch_size={self.mini_batch_size} is not a multiple of "
                              f"ppo.micro_batch_size={self.micro_batch_size}")
+        if self.top_p < 1 and not self.greedy_rollouts:
+            raise ValueError(f"ppo.top_p={self.top_p}: PPO's ratio and KL would need the log-probabilities of the "
+                             "truncated distribution, which the kit does not compute; set ppo.top_p: 1 (or lower "
+                             "ppo.temperature)")
         return self
 
     @property
@@ -282,7 +286,7 @@ class TrackingConfig(_Section):
 
 class LaunchConfig(_Section):
     """1 process: every stage runs in the notebook's kernel. More: the training stages run under
-    `accelerate launch` (mpo_lib/launch.py) with this many processes in all, on every machine."""
+    `accelerate launch` (mpo_lib/runtime/launch.py) with this many processes in all, on every machine."""
     num_processes: int = Field(1, gt=0)
     # an `accelerate config` file (params/accelerate/: multi_gpu, zero2, zero3, a multi_node template), passed to
     # `accelerate launch --config_file`; unset: multi_gpu.yaml, or zero2/zero3.yaml by deepspeed_config's ZeRO stage
@@ -379,7 +383,7 @@ class Config(_Section):
                              f"{self.split.gamma:g} is trained already); list each further threshold once")
         if self.split.gammas and not (self.ppo and "mpo" in self.ppo.variants):
             raise ValueError("split.gammas trains an MPO per threshold: it needs ppo.variants.mpo")
-        from .stages import ABLATIONS, ablation_stages, policies
+        from mpo_lib.runtime.stages import ABLATIONS, ablation_stages, policies
         for name in self.ablations:  # unknown names first: ablation_stages() needs known ones
             if name not in ABLATIONS:
                 close = difflib.get_close_matches(name, ABLATIONS, n=1)

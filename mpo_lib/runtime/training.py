@@ -9,12 +9,12 @@ from pathlib import Path
 
 import torch
 
-from .artifacts import announce_resume, write_json
-from .config import Config, TrainConfig
-from .distributed import is_main_process
-from .models import save_stage_model
-from .tracking import tensorboard_callbacks, trl_arguments
-from .zero import in_deepspeed_workers
+from mpo_lib.runtime.artifacts import announce_resume, write_json
+from mpo_lib.runtime.config import Config, TrainConfig
+from mpo_lib.runtime.distributed import is_main_process
+from mpo_lib.runtime.models import save_stage_model
+from mpo_lib.runtime.tracking import tensorboard_callbacks, trl_arguments
+from mpo_lib.runtime.zero import in_deepspeed_workers
 
 
 def weights_dtype(cfg: Config) -> torch.dtype:
@@ -28,7 +28,7 @@ def trainer_args(args_class, cfg: Config, section: TrainConfig, stage: str, out_
     """TRL config from one params section. Gradient checkpointing only where the section asks for it
     (TRL defaults it on): at small sizes it costs time and saves little memory. A checkpoint every section.save_steps
     optimizer steps, only the last one kept, in <stage>.partial/trainer/: a killed stage resumes there.
-    Logging as params `tracking` says (mpo_lib.tracking). Made before the stage's models are loaded: in launched
+    Logging as params `tracking` says (mpo_lib.runtime.tracking). Made before the stage's models are loaded: in launched
     workers under ZeRO-3, while it exists, transformers loads each model
     already partitioned (deepspeed.zero.Init), never whole on one worker."""
     return args_class(

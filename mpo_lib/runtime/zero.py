@@ -4,7 +4,7 @@ as DeepSpeed-Chat's step 3 holds them: actor and critic are DeepSpeed engines wi
 reward model are engines without an optimizer, partitioned under ZeRO-3 and whole (stage 0) otherwise.
 
 The kit's PPO loop stays the same: each micro-batch's loss is already weighted so that the gradients,
-summed over micro-batches and workers, are the mini-batch's token mean (mpo_lib/ppo.py). DeepSpeed
+summed over micro-batches and workers, are the mini-batch's token mean (mpo_lib/method/ppo.py). DeepSpeed
 averages over the workers instead of summing, so the loss is scaled by the world size; it clips the
 gradient norm to 1 and steps the optimizer at the mini-batch's last micro-batch. The kit's cosine
 schedule steps the optimizer's learning rates itself, once per optimizer step. EngineUpdate and PlainUpdate
@@ -20,8 +20,8 @@ from pathlib import Path
 
 import torch
 
-from .config import Config
-from .distributed import all_reduce, rank_and_world
+from mpo_lib.runtime.config import Config
+from mpo_lib.runtime.distributed import all_reduce, rank_and_world
 
 
 class EngineUpdate:

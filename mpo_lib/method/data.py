@@ -13,7 +13,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .config import Config
+from mpo_lib.runtime.config import Config
 
 ASSISTANT = "\n\nAssistant:"
 
