@@ -173,6 +173,9 @@ def training_rows(cfg: Config, run=None) -> tuple[dict[str, int], str]:
         preference = {s: paper.TRAIN_ROWS[s] for s in subsets}
         sft = paper.TRAIN_ROWS["tldr-sft"] if cfg.data.dataset == "tldr" else sum(preference.values())
         source = "the paper's Table 1"
+        if cfg.data.dataset == "tldr":  # several comparisons per post; the hub's posts cannot be counted offline
+            source += " (TL;DR prompts: comparison rows, an upper bound on the distinct posts the run resamples " \
+                      "and each PPO pass takes, which the run counts)"
     if cfg.data.max_train_rows:
         preference = {s: min(n, cfg.data.max_train_rows) for s, n in preference.items()}
     rm_rows = sum(n for s, n in preference.items() if s in (cfg.rm.subsets or subsets))
