@@ -89,9 +89,13 @@ def worker_main(params: str, run_dir: str, stage: str, overrides: dict | None = 
     from accelerate import PartialState
 
     from mpo_lib.runtime.config import load_config
-    PartialState(cpu=not torch.cuda.is_available())
+    state = PartialState(cpu=not torch.cuda.is_available())
     try:
         stages.build(Run(load_config(Path(params), overrides), run_dir), stage)
     except Exception as exc:  # one line the launcher finds among the launcher's own tracebacks
         print(f"{WORKER_ERROR} {type(exc).__name__}: {exc}", flush=True)
         raise
+    # a worker that exits with its process group alive can abort in gloo's teardown ("terminate called without
+    # an active exception") while the main one still writes the stage, and the launcher then kills both
+    state.wait_for_everyone()
+    state.destroy_process_group()
