@@ -76,6 +76,21 @@ def test_run_directory_of_another_profile_is_refused(tmp_path):
         Run(other, tmp_path)
 
 
+def test_a_machine_without_native_bf16_runs_a_bf16_profile_in_fp32_and_says_so(tmp_path, monkeypatch, capsys):
+    from mpo_lib.runtime import config
+
+    cfg = load_config(ROOT / "params" / "cpu_small.yaml")
+    monkeypatch.setattr(config, "native_bf16", lambda: False)  # an AVX2-only CPU: bf16 emulated, ~130x slower
+    run = Run(cfg, tmp_path / "run")
+    assert (run.cfg.model.bf16, run.cfg.model.sample_dtype) == (False, "float32")  # what the stages hash
+    assert "no native bf16" in capsys.readouterr().out
+    assert run.cfg.source_params == cfg.source_params  # launched workers get the params as written, decide alike
+    kept = Run(load_config(ROOT / "params" / "cpu_small.yaml", {"model": {"emulated_bf16": True}}), tmp_path / "run")
+    assert (kept.cfg.model.bf16, kept.cfg.model.sample_dtype) == (True, "bfloat16")
+    monkeypatch.setattr(config, "native_bf16", lambda: True)
+    assert Run(cfg, tmp_path / "run").cfg.model == cfg.model
+
+
 def test_papermill_injected_keys_override_the_params_file():
     from mpo_lib import notebook_config
 

@@ -112,7 +112,7 @@ def test_bf16_dpo_under_zero_follows_the_one_process_bf16_loss_curve(smoke_run, 
     # the full profiles' precision: DeepSpeed holds bf16 weights and, as its JSONs ask, accumulates the
     # two micro-batches' gradients in fp32; one process trains fp32 weights under bf16 autocast
     deepspeed_config = zero3_partitioning_everything(tmp_path) if deepspeed_config == "zero3" else deepspeed_config
-    bf16 = {"model": {"bf16": True}}
+    bf16 = {"model": {"bf16": True, "emulated_bf16": True}}
     one = copy_of(smoke_run, tmp_path / "one", {**bf16, "dpo": {"batch_size": 4, "max_rows": 16}})
     two = copy_of(smoke_run, tmp_path / "two", {**bf16, "dpo": {"batch_size": 1, "grad_accum": 2, "max_rows": 16},
                                                 **two_workers(deepspeed_config)})
@@ -187,7 +187,7 @@ def test_bf16_ppo_under_zero3_follows_the_same_run_under_zero2(smoke_run, tmp_pa
     # bf16 engines both (ZeRO-2 is held to one fp32 process above): every weight partitioned, and generating
     # from the gathered bf16 policy, gives ZeRO-2's rollouts and updates. Against one process the rollouts
     # can differ: its fp32 norms and embeddings under autocast break near-ties otherwise than bf16 weights.
-    ppo, bf16 = {**GREEDY_PPO, "max_steps": 2}, {"model": {"bf16": True}}
+    ppo, bf16 = {**GREEDY_PPO, "max_steps": 2}, {"model": {"bf16": True, "emulated_bf16": True}}
     runs = [copy_of(smoke_run, tmp_path / name, {**bf16, "ppo": ppo, "launch": {
         "num_processes": 2, "deepspeed_config": config}})
         for name, config in (("zero2", "params/deepspeed/zero2.json"),

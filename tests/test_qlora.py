@@ -21,7 +21,7 @@ def qlora_run(tmp_path_factory):
     qlora = load_config(ROOT / "params" / "hh_qlora.yaml").model
     params = yaml.safe_load(SMOKE.read_text())
     params["model"].update(quantization=qlora.quantization, optimizer=qlora.optimizer, bf16=qlora.bf16,
-                           lora={"r": 8, "alpha": 16})
+                           emulated_bf16=True, lora={"r": 8, "alpha": 16})  # bf16 on any CPU, as on the GPU
     params_file = tmp_path / "smoke_qlora.yaml"
     params_file.write_text(yaml.safe_dump(params))
     run_pipeline(str(params_file), str(tmp_path / "run"), until="05")

@@ -77,7 +77,7 @@ def _is_disk_full(exc: BaseException | None) -> bool:
 
 class Run:
     def __init__(self, cfg: Config, run_dir: str | Path | None = None):
-        self.cfg = cfg
+        self.cfg = cfg = cfg.on_this_machine()
         if cfg.uses_bitsandbytes() and sys.modules.get("bitsandbytes", False) is None:
             del sys.modules["bitsandbytes"]  # hidden by mpo_lib/__init__ until params need it
         self.path = self.folder(cfg, run_dir)
