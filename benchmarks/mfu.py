@@ -1,8 +1,9 @@
-"""Model FLOP/s of a finished run's stages against this machine's measured bf16 matmul peak.
+"""Model FLOP/s of a finished run's stages against this machine's measured matmul peak in the run's precision.
 
     python benchmarks/mfu.py --params params/cpu_small.yaml [--run-dir runs/cpu_small]
 
-The peak is measured here, now: a 2048 x 2048 bf16 matmul, repeated (2 * 2048^3 FLOPs each). Each stage's
+The peak is measured here, now: a 2048 x 2048 matmul, repeated (2 * 2048^3 FLOPs each), in bf16 when the run
+trains in bf16 and in fp32 when it does not (a machine without native bf16 runs bf16 profiles in fp32). Each stage's
 rate comes from what the run recorded (tokens TRL trained on over the training seconds; tokens generated
 over the stage's wall-clock), at N = the parameters of the model's matrix multiplies (every linear layer,
 the LM head included), per token:
@@ -85,10 +86,11 @@ def main() -> None:
     torch.set_num_threads(os.cpu_count() or 1)
     run = Run(load_config(args.params), args.run_dir)
     n, head = matmul_parameters(load_stage_model(run, "base"))
-    peak = matmul_peak(torch.bfloat16)
-    print(f"bf16 matmul peak, measured now: {peak / 1e9:.0f} GFLOP/s; fp32: {matmul_peak(torch.float32) / 1e9:.0f}")
+    precision = "bf16" if run.cfg.model.bf16 else "fp32"
+    peak = matmul_peak(torch.bfloat16 if run.cfg.model.bf16 else torch.float32)
+    print(f"{precision} matmul peak (the run's precision), measured now: {peak / 1e9:.0f} GFLOP/s")
     print(f"N = {n / 1e6:.1f}M matmul parameters ({head / 1e6:.1f}M in the LM head); run {run.path}")
-    print(f"{'stage':<18} {'GFLOP/s':>8} {'% of bf16 peak':>15}  FLOPs per token")
+    print(f"{'stage':<18} {'GFLOP/s':>8} {f'% of {precision} peak':>15}  FLOPs per token")
     for stage, rate, count in stage_rates(run, n, head):
         print(f"{stage:<18} {rate / 1e9:>8.1f} {100 * rate / peak:>14.1f}%  {count}")
 

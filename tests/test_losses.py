@@ -47,6 +47,23 @@ def test_reward_models_score_head_is_drawn_from_the_params_seed(tiny_run):
     assert not torch.equal(untrained_reward_model(other).score.weight, first)
 
 
+def test_length_grouped_rm_batches_pad_less(tiny_run, tmp_path):
+    """rm.length_grouped batches pairs of similar length: the tokens a batch is padded to are mostly real."""
+    from mpo_lib.method.data import load_preferences
+    from mpo_lib.method.reward import reward_trainer, rm_rows
+
+    rows = rm_rows(tiny_run.cfg, load_preferences(tiny_run.cfg).train)
+
+    def real_token_share(grouped: bool) -> float:
+        rm = tiny_run.cfg.rm.model_copy(update={"length_grouped": grouped})
+        run = tiny_run.__class__(tiny_run.cfg.model_copy(update={"rm": rm}), tiny_run.path)
+        trainer, _ = reward_trainer(run, rows, tmp_path / f"grouped_{grouped}")
+        masks = [batch["attention_mask"] for batch in trainer.get_train_dataloader()]
+        return float(sum(m.sum() for m in masks) / sum(m.numel() for m in masks))
+
+    grouped, shuffled = real_token_share(True), real_token_share(False)
+    assert grouped > shuffled + 0.05, (grouped, shuffled)  # smoke data: 86% against 77%
+
 def completion_logps(model, batch):
     """Sum of log p(token) over completion tokens, computed directly from the logits."""
     with torch.no_grad():

@@ -47,19 +47,7 @@ def run_reward(run: Run, train_rows: list[dict], heldout_rows: list[dict]) -> di
     heldout_rows = rm_rows(cfg, heldout_rows)[: cfg.rm.eval_rows]
 
     def build(out_dir: Path) -> dict:
-        # imported here: TRL and datasets (~300 MB resident with peft), which the resampling and PPO
-        # processes, importing score() from this module, need not carry
-        from datasets import Dataset
-        from trl import RewardConfig, RewardTrainer
-
-        tokenizer = load_tokenizer(run)
-        data = Dataset.from_list([fit_row(tokenizer, cfg, r) for r in train_rows])
-        parts = data.train_test_split(test_size=cfg.rm.eval_fraction, seed=cfg.seed)
-        args = trainer_args(RewardConfig, cfg, cfg.rm, "rm", out_dir, eval_strategy="no")  # first: see trainer_args
-        trainer = RewardTrainer(
-            model=untrained_reward_model(run), args=args,
-            train_dataset=parts["train"], processing_class=tokenizer,
-            peft_config=lora_config(cfg, "SEQ_CLS"))
+        trainer, parts = reward_trainer(run, train_rows, out_dir)
         metrics = train_and_summarise(trainer, cfg, out_dir)
         metrics["validation"] = {k.removeprefix("eval_"): v for k, v in trainer.evaluate(parts["test"]).items()}
         save_trained(trainer, out_dir, "base", run)
@@ -69,6 +57,7 @@ def run_reward(run: Run, train_rows: list[dict], heldout_rows: list[dict]) -> di
         # (a 4-bit base keeps its adapter unmerged: merged, NF4 would re-quantise the update away)
         merge = is_adapter(trainer.model) and cfg.model.quantization is None
         model = trainer.model.merge_and_unload() if merge else trainer.model
+        tokenizer = trainer.processing_class
         prompts = [truncate_prompt(tokenizer, r["prompt"], cfg.data.max_prompt_tokens) for r in heldout_rows]
         chosen = score(model, tokenizer, prompts, [r["chosen"] for r in heldout_rows],
                        cfg.resample.score_batch_size, cfg.rm.max_length, cfg.model.bf16)
@@ -81,6 +70,30 @@ def run_reward(run: Run, train_rows: list[dict], heldout_rows: list[dict]) -> di
                 "validation_rows": len(parts["test"]), **metrics}
 
     return run.reuse_or_build("rm", *rm_spec(cfg), build)
+
+
+def reward_trainer(run: Run, train_rows: list[dict], out_dir: Path):
+    """TRL's RewardTrainer on the RM's pairs, fitted to the length budget, with the paper's 5% held back
+    for validation: (trainer, {"train": ..., "test": ...})."""
+    # imported here: TRL and datasets (~300 MB resident with peft), which the resampling and PPO
+    # processes, importing score() from this module, need not carry
+    from datasets import Dataset
+    from trl import RewardConfig, RewardTrainer
+
+    cfg = run.cfg
+    tokenizer = load_tokenizer(run)
+    rows = [fit_row(tokenizer, cfg, r) for r in train_rows]
+    grouping = {}
+    if cfg.rm.length_grouped:  # the sampler's lengths in characters: they sort pairs as tokens would
+        rows = [{**r, "length": len(r["prompt"]) + max(len(r["chosen"]), len(r["rejected"]))} for r in rows]
+        # columns kept: the trainer would drop `length` before its sampler reads it; the collator ignores it
+        grouping = {"train_sampling_strategy": "group_by_length", "remove_unused_columns": False}
+    parts = Dataset.from_list(rows).train_test_split(test_size=cfg.rm.eval_fraction, seed=cfg.seed)
+    args = trainer_args(RewardConfig, cfg, cfg.rm, "rm", out_dir, eval_strategy="no",  # first: see trainer_args
+                        **grouping)
+    trainer = RewardTrainer(model=untrained_reward_model(run), args=args, train_dataset=parts["train"],
+                            processing_class=tokenizer, peft_config=lora_config(cfg, "SEQ_CLS"))
+    return trainer, parts
 
 
 def untrained_reward_model(run: Run):
