@@ -14,6 +14,9 @@ the LM head included), per token:
 - Resampling and evaluation: 2N per generated token (decoding only: the prompts' prefill and the RM's
   scoring are not counted, so these rates are lower bounds).
 
+Then the ceiling at the model's own MLP matmul, (rows x hidden) @ (hidden x intermediate), with the rows of an SFT
+micro-batch and of a resampling batch: how much of the peak a stage could reach if it were all matmuls.
+
 PPO is left out: a step mixes sampling, four models' forwards and two updates over whole sequences whose
 prompt lengths the run does not record.
 """
@@ -37,17 +40,20 @@ from mpo_lib.runtime.artifacts import read_json
 from mpo_lib.runtime.models import load_stage_model
 
 
-def matmul_peak(dtype: torch.dtype, size: int = 2048, seconds: float = 3.0) -> float:
-    """FLOP/s of the fastest of repeated size x size matmuls in `dtype`, after a warm-up. The fastest,
-    not the mean: on a shared 2-core machine the mean over a few seconds varied twofold between calls."""
-    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
+def matmul_peak(dtype: torch.dtype, size: int = 2048, seconds: float = 3.0, rows: int | None = None,
+                width: int | None = None) -> float:
+    """FLOP/s of the fastest of repeated (rows x size) @ (size x width) matmuls in `dtype` (square by default),
+    after a warm-up. The fastest, not the mean: on a shared 2-core machine the mean over a few seconds varied
+    twofold between calls."""
+    rows, width = rows or size, width or size
+    a, b = torch.randn(rows, size, dtype=dtype), torch.randn(size, width, dtype=dtype)
     a @ b
     fastest, started = float("inf"), time.perf_counter()
     while time.perf_counter() - started < seconds:
         begun = time.perf_counter()
         a @ b
         fastest = min(fastest, time.perf_counter() - begun)
-    return 2 * size**3 / fastest
+    return 2 * rows * size * width / fastest
 
 
 def matmul_parameters(model) -> tuple[int, int]:
@@ -87,7 +93,8 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(os.cpu_count() or 1)
     run = Run(load_config(args.params), args.run_dir)
-    n, head = matmul_parameters(load_stage_model(run, "base"))
+    base = load_stage_model(run, "base")
+    n, head, model_config = *matmul_parameters(base), base.config
     precision = "bf16" if run.cfg.model.bf16 else "fp32"
     peak = matmul_peak(torch.bfloat16 if run.cfg.model.bf16 else torch.float32)
     print(f"{precision} matmul peak (the run's precision), measured now: {peak / 1e9:.0f} GFLOP/s")
@@ -95,6 +102,14 @@ def main() -> None:
     print(f"{'stage':<18} {'GFLOP/s':>8} {f'% of {precision} peak':>15}  FLOPs per token")
     for stage, rate, count in stage_rates(run, n, head):
         print(f"{stage:<18} {rate / 1e9:>8.1f} {100 * rate / peak:>14.1f}%  {count}")
+    # the ceiling at the model's own MLP shape: a training micro-batch's rows against a decoding batch's
+    dtype, config = torch.bfloat16 if run.cfg.model.bf16 else torch.float32, run.cfg
+    hidden, mlp = model_config.hidden_size, model_config.intermediate_size
+    for label, rows in (("training (sft batch x max_length rows)", config.sft.batch_size * config.sft.max_length),
+                        ("decoding (resample batch rows)", config.resample.batch_size)):
+        rate = matmul_peak(dtype, hidden, rows=rows, width=mlp)
+        print(f"{precision} ({rows} x {hidden}) @ ({hidden} x {mlp}), {label}: {rate / 1e9:.0f} GFLOP/s, "
+              f"{100 * rate / peak:.0f}% of peak")
 
 
 if __name__ == "__main__":
