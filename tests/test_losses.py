@@ -1,11 +1,13 @@
 """The losses the TRL trainers optimise are the paper's Eq. 1 and Eq. 2, checked on a real (tiny)
 model against values computed here by hand from its outputs."""
 import math
+import types
 
 import pytest
 import torch
 from datasets import Dataset
 
+from mpo_lib.runtime.lm_head import labelled_tokens_head, use_labelled_tokens_head
 from mpo_lib.runtime.models import load_stage_model, load_tokenizer
 
 PAIRS = [{"prompt": "\n\nHuman: Can you help me?\n\nAssistant:", "chosen": " Sure, what do you need?",
@@ -72,7 +74,8 @@ def completion_logps(model, batch):
     return (logp * batch["completion_mask"][:, 1:]).sum(-1).tolist()
 
 
-def test_dpo_loss_is_eq_2(tiny_run, tmp_path):
+@pytest.mark.parametrize("labelled_tokens_head", [False, True], ids=["trl_fused_head", "labelled_tokens_head"])
+def test_dpo_loss_is_eq_2(tiny_run, tmp_path, labelled_tokens_head):
     from trl import DPOConfig, DPOTrainer
 
     policy = load_stage_model(tiny_run, "base")
@@ -86,6 +89,8 @@ def test_dpo_loss_is_eq_2(tiny_run, tmp_path):
                      report_to="none", gradient_checkpointing=False)
     trainer = DPOTrainer(model=policy, ref_model=reference, args=args, train_dataset=Dataset.from_list(PAIRS),
                          processing_class=load_tokenizer(tiny_run, padding_side="left"))
+    if labelled_tokens_head:  # what the stages train with on a CPU
+        use_labelled_tokens_head(trainer)
     batch = first_batch(trainer)
     policy.eval()
     with torch.no_grad():
@@ -97,3 +102,32 @@ def test_dpo_loss_is_eq_2(tiny_run, tmp_path):
         terms.append(math.log(1 + math.exp(-margin)))  # -log sigmoid(margin)
     assert loss == pytest.approx(sum(terms) / 2, rel=1e-4)
     assert loss != pytest.approx(math.log(2), rel=1e-3)  # the check is not vacuous: policy != reference
+
+
+def test_labelled_tokens_head_gives_trls_fused_head_outputs_and_gradients(tiny_run):
+    """The CPU head the SFT and DPO stages use in place of TRL's fused one: the same per-token fields, loss and
+    gradients, on a batch whose prompts and padding carry no label."""
+    from trl.trainer.utils import add_fused_lm_head
+
+    fields = ("log_probs", "entropy", "log_sum_sq_probs", "mean_logits", "is_top1", "label_mask")
+    fused, plain = load_stage_model(tiny_run, "base"), load_stage_model(tiny_run, "base")
+    add_fused_lm_head(fused, outputs=fields[:-1])
+    plain.forward = types.MethodType(labelled_tokens_head, plain)
+    tokenizer = load_tokenizer(tiny_run, padding_side="right")
+    batch = tokenizer([p["prompt"] + p["chosen"] for p in PAIRS], return_tensors="pt", padding=True)
+    labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
+    for row, pair in enumerate(PAIRS):
+        labels[row, :len(tokenizer(pair["prompt"])["input_ids"])] = -100
+    outputs = {}
+    for name, model in (("fused", fused), ("plain", plain)):
+        out = model(**batch, labels=labels, fused_lm_head=True)
+        out.loss.backward()
+        outputs[name] = out, model.get_input_embeddings().weight.grad
+    (fused_out, fused_grad), (plain_out, plain_grad) = outputs["fused"], outputs["plain"]
+    assert plain_out.label_mask.sum() < labels.numel() - len(PAIRS)  # prompts and padding are left out
+    for field in fields:
+        assert torch.allclose(getattr(plain_out, field).float(), getattr(fused_out, field).float(), atol=1e-5), field
+    assert plain_out.loss.item() == pytest.approx(fused_out.loss.item(), rel=1e-5)
+    assert torch.allclose(plain_grad, fused_grad, atol=1e-6)
+    # without fused_lm_head the model's own forward answers, logits and all
+    assert plain(**batch).logits.shape == (*batch["input_ids"].shape, plain.config.vocab_size)

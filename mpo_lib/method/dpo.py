@@ -19,6 +19,7 @@ from mpo_lib.runtime import stages
 from mpo_lib.runtime.artifacts import Run
 from mpo_lib.runtime.config import DPOVariant
 from mpo_lib.runtime.launch import run_stage
+from mpo_lib.runtime.lm_head import use_labelled_tokens_head
 from mpo_lib.runtime.models import is_adapter, load_stage_model, load_tokenizer, lora_config
 from mpo_lib.runtime.training import save_trained, train_and_summarise, trainer_args, weights_dtype
 
@@ -85,6 +86,7 @@ def run_dpo(run: Run, offline_rows: list[dict], name: str = "dpo") -> dict:
             reference = reference.get_base_model()
         trainer = DPOTrainer(model=model, ref_model=reference, args=args, train_dataset=data, processing_class=tokenizer,
                              peft_config=peft)
+        use_labelled_tokens_head(trainer)
         metrics = train_and_summarise(trainer, cfg, out_dir)
         steps = [e for e in trainer.state.log_history if "rewards/margins" in e]
         # the logged margins of a one-epoch run are on pairs not yet trained on; after training, the

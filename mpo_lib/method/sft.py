@@ -10,6 +10,7 @@ from trl import SFTConfig, SFTTrainer
 from mpo_lib.method.data import fit_row
 from mpo_lib.runtime.artifacts import Run
 from mpo_lib.runtime.launch import run_stage
+from mpo_lib.runtime.lm_head import use_labelled_tokens_head
 from mpo_lib.runtime.models import load_stage_model, load_tokenizer, lora_config
 from mpo_lib.runtime.training import save_trained, train_and_summarise, trainer_args, weights_dtype
 
@@ -25,6 +26,7 @@ def run_sft(run: Run, rows: list[dict]) -> dict:
         trainer = SFTTrainer(
             model=load_stage_model(run, "base", dtype=weights_dtype(cfg)), args=args,
             train_dataset=data, processing_class=tokenizer, peft_config=lora_config(cfg, "CAUSAL_LM"))
+        use_labelled_tokens_head(trainer)
         metrics = train_and_summarise(trainer, cfg, out_dir)
         save_trained(trainer, out_dir, "base", run)
         return {"rows": len(rows), "rows_used": len(trainer.train_dataset), **metrics}
