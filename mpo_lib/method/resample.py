@@ -65,7 +65,10 @@ def sample_batch(model, tokenizer, prompts: list[str], num_samples: int, max_new
     model.eval()
     tokenizer.padding_side = "left"
     batch = tokenizer(prompts, return_tensors="pt", padding=True).to(model.device)
-    out = model(**batch, position_ids=positions(batch["attention_mask"]), use_cache=True, logits_to_keep=1)
+    # the last position by index, not logits_to_keep=1: that slice is a strided view, and a frozen bf16 linear layer
+    # on a strided 3-D input runs hundreds of times slower on a CPU (48 prompts' LM head: 2.9 s against 6 ms)
+    last = torch.tensor([batch["input_ids"].shape[1] - 1], device=model.device)
+    out = model(**batch, position_ids=positions(batch["attention_mask"]), use_cache=True, logits_to_keep=last)
     cache, logits = out.cache, out.logits[:, -1].repeat_interleave(num_samples, 0)
     cache.batch_repeat_interleave(num_samples)
     attention = batch["attention_mask"].repeat_interleave(num_samples, 0)
