@@ -59,6 +59,7 @@ def use_labelled_tokens_head(trainer) -> None:
     for model in (trainer.model, getattr(trainer, "ref_model", None)):
         if model is None:
             continue
+        model = trainer.accelerator.unwrap_model(model)  # under DeepSpeed TRL wraps the reference in an engine
         causal_lm = model.get_base_model() if hasattr(model, "get_base_model") else model
         if not scaled_logits(causal_lm.config):
             causal_lm.forward = types.MethodType(labelled_tokens_head, causal_lm)
