@@ -29,8 +29,8 @@ from mpo_lib.runtime.artifacts import read_json
 from mpo_lib.runtime.models import load_stage_model, prepare_base
 
 
-def arm(params: str, steps: int, head: str) -> dict[str, tuple[float, float, float]]:
-    """{stage: (seconds per step, trained tokens per second, last loss)} with `head` in the SFT and DPO stages."""
+def arm(params: str, steps: int, head: str) -> tuple[dict[str, tuple[float, float, float]], int]:
+    """({stage: (seconds per step, trained tokens per second, last loss)}, N) with `head` in the SFT and DPO stages."""
     cfg = load_config(params, {"ablations": ["dpo_base"], "sft": {"max_steps": steps},
                                "dpo": {"max_steps": steps}})
     keep = sft.use_labelled_tokens_head
@@ -50,10 +50,10 @@ def arm(params: str, steps: int, head: str) -> dict[str, tuple[float, float, flo
                 tokens = [e["num_tokens"] for e in history if "num_tokens" in e][-1]
                 rates[stage] = (metrics["train_seconds"] / metrics["optimizer_steps"],
                                 tokens / metrics["train_seconds"], metrics["train_loss_last"])
-            rates["n"] = matmul_parameters(load_stage_model(run, "base"))[0]
+            n = matmul_parameters(load_stage_model(run, "base"))[0]
     finally:
         sft.use_labelled_tokens_head = dpo.use_labelled_tokens_head = keep
-    return rates
+    return rates, n
 
 
 def main() -> None:
@@ -62,9 +62,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=8)
     args = parser.parse_args()
     torch.set_num_threads(os.cpu_count() or 1)
-    arms = {head: arm(args.params, args.steps, head) for head in ("trl_fused", "labelled_tokens")}
-    n = arms["trl_fused"].pop("n")
-    arms["labelled_tokens"].pop("n")
+    arms, n = {}, 0
+    for head in ("trl_fused", "labelled_tokens"):
+        arms[head], n = arm(args.params, args.steps, head)
     print(f"{args.params}, {args.steps} optimizer steps per stage, N = {n / 1e6:.1f}M matmul parameters")
     print(f"{'stage':<9} {'head':<16} {'s/step':>7} {'GFLOP/s':>8} {'last loss':>10}")
     for stage, flops in (("sft", 4 * n), ("dpo_base", 6 * n)):
