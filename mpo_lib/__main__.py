@@ -85,6 +85,13 @@ def export_command(args) -> None:
     print(f"exported {args.stage} from {args.run_dir} to {folder}")
 
 
+def seeds_command(args) -> None:
+    from mpo_lib.reporting.report import markdown_table
+    from mpo_lib.reporting.seeds import runs_orderings
+
+    print(markdown_table(runs_orderings(args.run_dirs)))
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m mpo_lib", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -117,6 +124,10 @@ def main(argv=None) -> int:
     sub.add_argument("--to", required=True, help="the folder to write")
     sub.add_argument("--push-to-hub", metavar="REPO", help="also upload it to this Hugging Face Hub repository")
     sub.set_defaults(handler=export_command, sets=[], no_wait=False)
+    sub = commands.add_parser("seeds", help="the paper's orderings across finished runs that differ only in their seed: "
+                                            "shown only where every run's paired interval excludes 0 on the same side")
+    sub.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="two or more run directories")
+    sub.set_defaults(handler=seeds_command, sets=[], no_wait=False, run_dir=None)
     args = parser.parse_args(argv)
     if args.run_dir:  # relative to where the command runs; the library resolves relative paths from the project
         args.run_dir = str(Path(args.run_dir).resolve())
