@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -31,15 +30,14 @@ os.environ.setdefault("MPO_DATA_DIR", str(Path(__file__).resolve().parents[2] / 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch
-from mfu import matmul_parameters, matmul_peak
+from mfu import matmul_parameters, matmul_peak, scratch_run
 from torch.profiler import profile
 
-from mpo_lib import Run, load_config
+from mpo_lib import Run
 from mpo_lib.method import reward
-from mpo_lib.method.data import corpus, load_preferences
 from mpo_lib.method.resample import sample_batch
 from mpo_lib.reporting.evaluation import eval_prompts
-from mpo_lib.runtime.models import DTYPES, load_stage_model, load_tokenizer, prepare_base
+from mpo_lib.runtime.models import DTYPES, load_stage_model, load_tokenizer
 
 MATMULS = {"aten::mm", "aten::bmm", "aten::addmm", "aten::baddbmm"}
 
@@ -90,18 +88,14 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3)
     args = parser.parse_args()
     torch.set_num_threads(os.cpu_count() or 1)
-    cfg = load_config(args.params)
-    splits = load_preferences(cfg)
-    with tempfile.TemporaryDirectory() as run_dir:
-        run = Run(cfg, run_dir)
-        prepare_base(run, corpus(cfg, splits))
+    with scratch_run(args.params) as (cfg, splits, run):
         base = load_stage_model(run, "base")
         n, head = matmul_parameters(base)
         del base
         dtype = torch.bfloat16 if cfg.model.bf16 else torch.float32
         peak_before = matmul_peak(dtype)
         loops = []
-        step, scoring, tokens = reward_loops(run, reward.rm_rows(cfg, splits.train), Path(run_dir) / "rm")
+        step, scoring, tokens = reward_loops(run, reward.rm_rows(cfg, splits.train), run.path / "rm_benchmark")
         loops += [(f"RM training step ({tokens} tokens)", step, 4 * (n - head) * tokens),
                   ("RM scoring forward, same batch", scoring, 2 * (n - head) * tokens)]
 

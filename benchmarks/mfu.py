@@ -23,8 +23,10 @@ prompt lengths the run does not record.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -35,9 +37,21 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch
 
 from mpo_lib import Run, load_config
+from mpo_lib.method.data import corpus, load_preferences
 from mpo_lib.runtime import stages
 from mpo_lib.runtime.artifacts import read_json
-from mpo_lib.runtime.models import load_stage_model
+from mpo_lib.runtime.models import load_stage_model, prepare_base
+
+
+@contextlib.contextmanager
+def scratch_run(params: str):
+    """(config, its data splits, a temporary run with the base model prepared): the other benchmarks' set-up."""
+    cfg = load_config(params)
+    splits = load_preferences(cfg)
+    with tempfile.TemporaryDirectory() as run_dir:
+        run = Run(cfg, run_dir)
+        prepare_base(run, corpus(cfg, splits))
+        yield cfg, splits, run
 
 
 def matmul_peak(dtype: torch.dtype, size: int = 2048, seconds: float = 3.0, rows: int | None = None,

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -23,13 +22,11 @@ os.environ.setdefault("MPO_DATA_DIR", str(Path(__file__).resolve().parents[2] / 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch
-from mfu import matmul_parameters, matmul_peak
+from mfu import matmul_parameters, matmul_peak, scratch_run
 
-from mpo_lib import Run, load_config
-from mpo_lib.method.data import corpus, load_preferences
 from mpo_lib.method.resample import generate
 from mpo_lib.reporting.evaluation import eval_prompts
-from mpo_lib.runtime.models import DTYPES, load_stage_model, load_tokenizer, prepare_base
+from mpo_lib.runtime.models import DTYPES, load_stage_model, load_tokenizer
 
 
 def fastest(call, repeats: int = 5) -> float:
@@ -56,11 +53,7 @@ def main() -> None:
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[16, 48])
     args = parser.parse_args()
     torch.set_num_threads(os.cpu_count() or 1)
-    cfg = load_config(args.params)
-    splits = load_preferences(cfg)
-    with tempfile.TemporaryDirectory() as run_dir:
-        run = Run(cfg, run_dir)
-        prepare_base(run, corpus(cfg, splits))
+    with scratch_run(args.params) as (cfg, splits, run):
         tokenizer = load_tokenizer(run)
         # frozen, as the stages' trained policies load: the strided-view slowdown needs weights without gradients
         model = load_stage_model(run, "base").to(DTYPES[cfg.model.sample_dtype]).eval().requires_grad_(False)
