@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from mpo_lib.reporting.bootstrap import mean_ci, paired_difference_ci
+from mpo_lib.reporting.bootstrap import equal_length_difference_ci, mean_ci, paired_difference_ci
 
 
 def test_interval_of_a_normal_mean_has_the_textbook_width():
@@ -44,3 +44,25 @@ def test_paired_difference_of_a_hand_computed_case():
     assert mean == 0.5 and -1.0 <= low < 0.5 < high <= 2.0
     with pytest.raises(ValueError, match="one value of each policy per prompt"):
         paired_difference_ci([1.0, 2.0, 3.0], [1.0, 2.0])
+
+
+def test_equal_length_difference_takes_out_a_linear_length_preference():
+    """An RM that takes 0.02 off per word: the policy answers 8 words longer on average and gains 0.2 at equal
+    length, so its plain paired difference is about 0.2 - 0.16; the intercept of d_i = alpha + beta * Δwords_i is 0.2."""
+    rng = np.random.default_rng(3)
+    baseline_words = rng.integers(5, 40, size=96)
+    policy_words = baseline_words + rng.integers(0, 17, size=96)
+    baseline = rng.normal(0.0, 1.0, size=96)
+    policy = baseline + 0.2 - 0.02 * (policy_words - baseline_words) + rng.normal(0.0, 0.05, size=96)
+    _, _, plain_high = paired_difference_ci(policy, baseline, seed=0)
+    alpha, low, high = equal_length_difference_ci(policy, baseline, policy_words, baseline_words, seed=0)
+    d, dl = policy - baseline, (policy_words - baseline_words).astype(float)
+    assert alpha == pytest.approx(np.polyfit(dl, d, 1)[1])  # the least-squares intercept
+    assert low < 0.2 < high and plain_high < low  # the plain difference understates it
+
+
+def test_equal_length_difference_is_the_plain_one_when_lengths_differ_alike():
+    policy, baseline = [0.5, 0.1, 0.9, 0.3], [0.2, 0.0, 0.4, 0.1]
+    assert equal_length_difference_ci(policy, baseline, [10] * 4, [7] * 4, n_resamples=999)[0] == pytest.approx(0.275)
+    with pytest.raises(ValueError, match="a reward and a length per answer"):
+        equal_length_difference_ci(policy, baseline, [10] * 3, [7] * 3)

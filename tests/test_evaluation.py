@@ -5,6 +5,7 @@ import csv
 import json
 import shutil
 
+import numpy as np
 import pytest
 
 from mpo_lib.reporting import evaluation
@@ -59,6 +60,14 @@ def test_paired_differences_are_the_per_prompt_reward_differences(smoke_run):
     low, high = map(float, row["paired 95% CI"].strip("[]").split(", "))
     assert low <= row["mean difference"] <= high and row["0 outside the interval"] == (low > 0 or high < 0)
     assert row["comparison"] == "MPO − SFT" and row["prompts"] == smoke_run.cfg.eval.num_prompts
+    lengths = ([len(r["response"].split()) for r in evaluation.responses(smoke_run, name) if not r["case"]]
+               for name in ("mpo", "sft"))
+    length_differences = [x - y for x, y in zip(*lengths)]
+    assert float(row["Δ words"]) == pytest.approx(sum(length_differences) / len(length_differences), abs=0.05)
+    differences = [x - y for x, y in zip(ours, theirs)]
+    expected = (np.polyfit(length_differences, differences, 1)[1] if len(set(length_differences)) > 1
+                else np.mean(differences))
+    assert row["at equal length"] == pytest.approx(expected, abs=5e-4)
 
 
 def test_report_holds_every_table_and_the_paper_beside_the_run(smoke_run):

@@ -22,7 +22,7 @@ from pathlib import Path
 from mpo_lib.method.data import truncate_prompt
 from mpo_lib.method.resample import sample_and_score
 from mpo_lib.method.reward import score
-from mpo_lib.reporting.bootstrap import mean_ci, paired_difference_ci
+from mpo_lib.reporting.bootstrap import equal_length_difference_ci, mean_ci, paired_difference_ci
 from mpo_lib.reporting.paper import CASES, RESULTS
 from mpo_lib.runtime import stages
 from mpo_lib.runtime.artifacts import Run, config_hash, read_json, write_json
@@ -149,13 +149,17 @@ COMPARISONS = [("mpo", "ppo_full"), ("mpo", "dpo_full"), ("mpo", "dpo"), ("mpo",
                ("mpo", "mpo_reverse_sft")]
 
 
-def paired_rewards(run: Run, policy: str, baseline: str) -> tuple[list[float], list[float]]:
-    """The two policies' rewards on the same eval prompts, in the same order."""
+def paired_answers(run: Run, policy: str, baseline: str) -> tuple[list[dict], list[dict]]:
+    """The two policies' scored answers to the same eval prompts, in the same order."""
     answers = {name: [r for r in responses(run, name) if not r["case"]] for name in (policy, baseline)}
     if [r["prompt"] for r in answers[policy]] != [r["prompt"] for r in answers[baseline]]:
         raise ValueError(f"eval_{policy} and eval_{baseline} answered different prompts: their eval settings "
                          "differ; re-run notebook 07 so that both answer the run's eval prompts")
-    return [r["reward"] for r in answers[policy]], [r["reward"] for r in answers[baseline]]
+    return answers[policy], answers[baseline]
+
+
+def words(answer: dict) -> int:
+    return len(answer["response"].split())
 
 
 def comparisons(cfg) -> list[tuple[str, str]]:
@@ -167,17 +171,25 @@ def comparisons(cfg) -> list[tuple[str, str]]:
 
 def paired_differences(run: Run) -> list[dict]:
     """Each comparison of comparisons() whose two policies were evaluated: the mean per-prompt reward
-    difference, its paired 95% BCa interval (prompts resampled jointly), and whether 0 is outside it."""
+    difference, its paired 95% BCa interval (prompts resampled jointly), and whether 0 is outside it; the
+    answers' mean length difference in words, and the difference at equal length (bootstrap.equal_length_difference_ci)
+    with its interval: what remains of the gap once a linear length preference of the RM is taken out."""
     rows = []
     for policy, baseline in comparisons(run.cfg):
         if not (run.is_complete(f"eval_{policy}") and run.is_complete(f"eval_{baseline}")):
             continue
-        ours, theirs = paired_rewards(run, policy, baseline)
-        mean, low, high = paired_difference_ci(ours, theirs, n_resamples=run.cfg.eval.bootstrap_resamples,
-                                               seed=run.cfg.seed)
+        ours, theirs = paired_answers(run, policy, baseline)
+        rewards = [r["reward"] for r in ours], [r["reward"] for r in theirs]
+        lengths = [words(r) for r in ours], [words(r) for r in theirs]
+        settings = {"n_resamples": run.cfg.eval.bootstrap_resamples, "seed": run.cfg.seed}
+        mean, low, high = paired_difference_ci(*rewards, **settings)
+        equal, equal_low, equal_high = equal_length_difference_ci(*rewards, *lengths, **settings)
         rows.append({"comparison": f"{stages.label(policy)} − {stages.label(baseline)}", "policy": policy,
                      "baseline": baseline, "mean difference": round(mean, 3), "paired 95% CI": f"[{low:.3f}, {high:.3f}]",
-                     "0 outside the interval": low > 0 or high < 0, "prompts": len(ours)})
+                     "0 outside the interval": low > 0 or high < 0, "prompts": len(ours),
+                     "Δ words": f"{(sum(lengths[0]) - sum(lengths[1])) / len(ours):+.1f}",
+                     "at equal length": round(equal, 3), "equal-length 95% CI": f"[{equal_low:.3f}, {equal_high:.3f}]",
+                     "0 outside at equal length": equal_low > 0 or equal_high < 0})
     return rows
 
 

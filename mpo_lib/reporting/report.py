@@ -69,7 +69,9 @@ def tables(run: Run) -> str:
               "## Paired differences: the comparisons the paper draws",
               ("Each policy minus its baseline on the same prompts: the mean per-prompt reward difference and a "
                "95% BCa interval that resamples prompts jointly. A difference is real only where 0 is outside "
-               "the interval; overlapping marginal intervals in Table 3 do not say that it is not.\n"),
+               "the interval; overlapping marginal intervals in Table 3 do not say that it is not. Δ words: the "
+               "answers' mean length difference; at equal length: the intercept of d_i = α + β·Δwords_i, the "
+               "difference left once a linear length preference of the RM is taken out.\n"),
               markdown_table([{k: v for k, v in row.items() if k not in ("policy", "baseline")}
                               for row in evaluation.paired_differences(run)]),
               "## Table 6: ablations", markdown_table(evaluation.table6(run)),

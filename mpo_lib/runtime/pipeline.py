@@ -126,7 +126,9 @@ def summary(run: Run) -> list[str]:
     for row in evaluation.paired_differences(run):
         if {stages.paper_row(row["policy"]), stages.paper_row(row["baseline"])} <= TABLE3_POLICIES:
             verdict = "0 outside: a real difference" if row["0 outside the interval"] else "0 inside: not shown to differ"
-            lines.append(f"paired, {row['comparison']}: {row['mean difference']:+.3f} {row['paired 95% CI']} ({verdict})")
+            lines.append(f"paired, {row['comparison']}: {row['mean difference']:+.3f} {row['paired 95% CI']} ({verdict}); "
+                         f"{row['Δ words']} words, at equal length {row['at equal length']:+.3f} "
+                         f"{row['equal-length 95% CI']}")
     for kind, result in evaluation.judge_summaries(run).items():
         if not result["judged"]:
             lines.append(f"Table 4 ({judge.LABELS[kind]}): no item judged ({result['failures']} failures)")
