@@ -260,7 +260,8 @@ class PPOConfig(_Section):
 
 class EvalConfig(_Section):
     """Notebook 07: every policy answers the same held-out prompts with one decoding setting."""
-    num_prompts: int = Field(64, ge=2, description="held-out prompts, balanced over data.subsets")
+    num_prompts: int = Field(64, ge=3, description="held-out prompts, balanced over data.subsets (3 or more: a paired "
+                             "difference at equal length fits a line through them)")
     max_new_tokens: int = Field(128, gt=0)
     temperature: float = Field(0.0, ge=0, description="0: greedy")
     top_p: float = Field(1.0, gt=0, le=1)
