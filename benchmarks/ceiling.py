@@ -89,9 +89,9 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(os.cpu_count() or 1)
     with scratch_run(args.params) as (cfg, splits, run):
-        base = load_stage_model(run, "base")
-        n, head = matmul_parameters(base)
-        del base
+        tokenizer = load_tokenizer(run)
+        model = load_stage_model(run, "base").to(DTYPES[cfg.model.sample_dtype]).eval().requires_grad_(False)
+        n, head = matmul_parameters(model)
         dtype = torch.bfloat16 if cfg.model.bf16 else torch.float32
         peak_before = matmul_peak(dtype)
         loops = []
@@ -99,8 +99,6 @@ def main() -> None:
         loops += [(f"RM training step ({tokens} tokens)", step, 4 * (n - head) * tokens),
                   ("RM scoring forward, same batch", scoring, 2 * (n - head) * tokens)]
 
-        tokenizer = load_tokenizer(run)
-        model = load_stage_model(run, "base").to(DTYPES[cfg.model.sample_dtype]).eval().requires_grad_(False)
         prompts = [p["prompt"] for p in eval_prompts(run, splits.evaluation)][:cfg.resample.batch_size]
         spec = cfg.resample
 

@@ -20,10 +20,16 @@ def mean_ci(values: Sequence[float], confidence: float = 0.95, n_resamples: int 
     mean = float(data.mean())
     if np.all(data == data[0]):
         return mean, mean, mean
-    result = bootstrap((data,), np.mean, confidence_level=confidence, n_resamples=n_resamples, method="BCa",
-                       batch=max(1, 2_000_000 // len(data)),  # <= 16 MB of resamples at once: a shared box
-                       rng=np.random.default_rng(seed))
-    return mean, float(result.confidence_interval.low), float(result.confidence_interval.high)
+    return mean, *bca_interval((data,), np.mean, confidence, n_resamples, seed)
+
+
+def bca_interval(samples: tuple[np.ndarray, ...], statistic, confidence: float, n_resamples: int,
+                 seed: int, **options) -> tuple[float, float]:
+    """scipy's BCa interval of statistic over the samples (all of one length), resampled by row."""
+    result = bootstrap(samples, statistic, confidence_level=confidence, n_resamples=n_resamples, method="BCa",
+                       batch=max(1, 2_000_000 // len(samples[0])),  # <= 16 MB of resamples at once: a shared box
+                       rng=np.random.default_rng(seed), **options)
+    return float(result.confidence_interval.low), float(result.confidence_interval.high)
 
 
 def paired_difference_ci(a: Sequence[float], b: Sequence[float], confidence: float = 0.95, n_resamples: int = 9999,
@@ -62,7 +68,5 @@ def equal_length_difference_ci(a: Sequence[float], b: Sequence[float], length_a:
     alpha = float(equal_length_difference(d, dl))
     if np.all(d == d[0]):
         return alpha, alpha, alpha
-    result = bootstrap((d, dl), equal_length_difference, paired=True, vectorized=True, confidence_level=confidence,
-                       n_resamples=n_resamples, method="BCa", batch=max(1, 2_000_000 // len(d)),
-                       rng=np.random.default_rng(seed))
-    return alpha, float(result.confidence_interval.low), float(result.confidence_interval.high)
+    return alpha, *bca_interval((d, dl), equal_length_difference, confidence, n_resamples, seed, paired=True,
+                                vectorized=True)
